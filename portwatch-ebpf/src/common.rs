@@ -1,0 +1,198 @@
+//! Maps and helpers shared by every hook.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use portwatch_common::{Filter, Owner, PendingCall, RawEvent, AF_INET, AF_INET6};
+
+/// Default 4 MiB; userspace resizes it with `set_max_entries` before loading.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Bumped whenever a ring-buffer reserve fails, so no loss is silent.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket address -> the process that owns it, learned in process context and
+/// read back when the kernel reports a transition from softirq.
+#[map]
+pub static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(131072, 0);
+
+/// (family << 16 | port) of a listening socket -> its owner; accepted child
+/// sockets inherit it.
+#[map]
+pub static LISTENERS: LruHashMap<u32, Owner> = LruHashMap::with_max_entries(16384, 0);
+
+/// bind()/connect() arguments between entry and exit, by thread id.
+#[map]
+pub static PENDING_BIND: HashMap<u32, PendingCall> = HashMap::with_max_entries(8192, 0);
+#[map]
+pub static PENDING_CONNECT: HashMap<u32, PendingCall> = HashMap::with_max_entries(8192, 0);
+
+/// Ports to report when `FILTER.ports_enabled` is set.
+#[map]
+pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
+
+/// Set by userspace at load time (aya `set_global`).
+#[unsafe(no_mangle)]
+static FILTER: Filter = Filter {
+    pid: 0,
+    ports_enabled: 0,
+};
+
+#[inline(always)]
+pub fn filter() -> Filter {
+    // Volatile so the compiler does not fold the load-time value away.
+    unsafe { core::ptr::read_volatile(&FILTER) }
+}
+
+/// The kernel-side filter: `--pid` on the owner, `--port` on either end.
+#[inline(always)]
+pub fn wanted(tgid: u32, sport: u16, dport: u16) -> bool {
+    let f = filter();
+    if f.pid != 0 && f.pid != tgid {
+        return false;
+    }
+    if f.ports_enabled != 0 {
+        let hit = unsafe { PORT_FILTER.get(&sport).is_some() || PORT_FILTER.get(&dport).is_some() };
+        if !hit {
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+pub fn current_owner() -> Owner {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    Owner {
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        _pad: 0,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+pub fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+pub fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        unsafe { *n += 1 };
+    }
+}
+
+/// Reserve, fill through `f`, submit; a full ring counts as lost.
+#[inline(always)]
+pub fn submit(f: impl FnOnce(&mut RawEvent)) {
+    match EVENTS.reserve::<RawEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.write(RawEvent::zeroed());
+            ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+            f(ev);
+            entry.submit(0);
+        }
+        None => count_lost(),
+    }
+}
+
+/// Where the sockaddr of a bind()/connect() lives.
+#[derive(Clone, Copy)]
+pub enum Space {
+    User,
+    Kernel,
+}
+
+#[repr(C)]
+struct SockaddrHead {
+    family: u16,
+    port_be: u16,
+    v4: [u8; 4],
+}
+
+/// Reads the family, port and address of a `struct sockaddr_in{,6}`. Returns
+/// None for other families (AF_UNIX, ...), which portwatch does not trace.
+#[inline(always)]
+pub fn read_sockaddr(ptr: *const u8, space: Space) -> Option<PendingCall> {
+    if ptr.is_null() {
+        return None;
+    }
+    let head: SockaddrHead = unsafe {
+        match space {
+            Space::User => bpf_probe_read_user(ptr as *const SockaddrHead),
+            Space::Kernel => bpf_probe_read_kernel(ptr as *const SockaddrHead),
+        }
+    }
+    .ok()?;
+    let mut call = PendingCall {
+        family: head.family,
+        port: u16::from_be(head.port_be),
+        flags: 0,
+        _pad: [0; 3],
+        addr: [0; 16],
+    };
+    match head.family {
+        AF_INET => {
+            call.addr[..4].copy_from_slice(&head.v4);
+        }
+        AF_INET6 => {
+            // sockaddr_in6: family, port, flowinfo (4 bytes), then the address.
+            let a: [u8; 16] = unsafe {
+                let p = ptr.add(8) as *const [u8; 16];
+                match space {
+                    Space::User => bpf_probe_read_user(p),
+                    Space::Kernel => bpf_probe_read_kernel(p),
+                }
+            }
+            .ok()?;
+            call.addr = a;
+        }
+        _ => return None,
+    }
+    Some(call)
+}
+
+/// Emits a BIND or CONNECT event for the current task.
+#[inline(always)]
+pub fn emit_call(kind: u8, call: &PendingCall, ret: i32, skaddr: u64) {
+    let owner = current_owner();
+    let (sport, dport) = if kind == portwatch_common::kind::BIND {
+        (call.port, 0)
+    } else {
+        (0, call.port)
+    };
+    if !wanted(owner.tgid, sport, dport) {
+        return;
+    }
+    submit(|ev| {
+        ev.kind = kind;
+        ev.flags = portwatch_common::flags::OWNER_CURRENT | call.flags;
+        ev.family = call.family;
+        ev.protocol = if call.flags & portwatch_common::flags::TCP_SEEN != 0 {
+            portwatch_common::IPPROTO_TCP
+        } else {
+            0
+        };
+        ev.sport = sport;
+        ev.dport = dport;
+        ev.ret = ret;
+        ev.skaddr = skaddr;
+        if kind == portwatch_common::kind::BIND {
+            ev.saddr = call.addr;
+        } else {
+            ev.daddr = call.addr;
+        }
+        ev.owner = owner;
+    });
+}

@@ -1,0 +1,241 @@
+//! Aggregation: per-process and per-destination totals, the shape `trace`'s
+//! summary, a live `top` view and a metrics exporter all read.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::model::{Event, EventKind};
+
+/// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s on Linux (not tunable there).
+pub const TIMEWAIT_NS: i128 = 60 * 1_000_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ProcKey {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcStats {
+    pub events: u64,
+    pub timewait: u64,
+    pub timewait_by_dest: BTreeMap<(IpAddr, u16), u64>,
+    pub connect_failures: BTreeMap<String, u64>,
+    pub bind_failures: BTreeMap<(String, u16), u64>,
+}
+
+/// The local port range outgoing connections draw from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    pub fn size(&self) -> u32 {
+        u32::from(self.high.saturating_sub(self.low)) + 1
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    procs: HashMap<ProcKey, ProcStats>,
+    events: u64,
+    lost: u64,
+    /// TIME_WAIT entries of the last 60 s, oldest first, to estimate how many
+    /// are still in the table per destination.
+    recent_tw: VecDeque<(i128, IpAddr, u16)>,
+    range: Option<PortRange>,
+    first: Option<i128>,
+    last: Option<i128>,
+}
+
+impl Aggregator {
+    pub fn new(range: Option<PortRange>) -> Self {
+        Aggregator {
+            range,
+            ..Default::default()
+        }
+    }
+
+    pub fn add(&mut self, ev: &Event) {
+        self.first.get_or_insert(ev.time);
+        self.last = Some(self.last.map_or(ev.time, |l| l.max(ev.time)));
+        if ev.event == EventKind::Lost {
+            self.lost += ev.lost.unwrap_or(0);
+            return;
+        }
+        self.events += 1;
+        let stats = self
+            .procs
+            .entry(ProcKey {
+                pid: ev.pid,
+                comm: ev.comm.clone(),
+            })
+            .or_default();
+        stats.events += 1;
+        match ev.event {
+            EventKind::Timewait => {
+                stats.timewait += 1;
+                let (daddr, dport) = ev.remote();
+                *stats.timewait_by_dest.entry((daddr, dport)).or_default() += 1;
+                self.recent_tw.push_back((ev.time, daddr, dport));
+                self.expire(ev.time);
+            }
+            EventKind::Connect if ev.is_failure() => {
+                if let Some(e) = &ev.errno {
+                    *stats.connect_failures.entry(e.clone()).or_default() += 1;
+                }
+            }
+            EventKind::Bind if ev.is_failure() => {
+                if let Some(e) = &ev.errno {
+                    let port = ev.sport.unwrap_or(0);
+                    *stats.bind_failures.entry((e.clone(), port)).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn expire(&mut self, now: i128) {
+        while self
+            .recent_tw
+            .front()
+            .is_some_and(|(t, _, _)| *t <= now - TIMEWAIT_NS)
+        {
+            self.recent_tw.pop_front();
+        }
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    pub fn process_stats(&self) -> &HashMap<ProcKey, ProcStats> {
+        &self.procs
+    }
+
+    /// The summary as of `now` (wall-clock ns).
+    pub fn summary(&mut self, now: i128) -> Summary {
+        self.expire(now);
+        let mut active: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
+        for (_, a, p) in &self.recent_tw {
+            *active.entry((*a, *p)).or_default() += 1;
+        }
+        let capacity = self.range.map(|r| r.size());
+        let mut destinations: Vec<DestSummary> = active
+            .into_iter()
+            .map(|((daddr, dport), n)| DestSummary {
+                daddr,
+                dport,
+                timewait_active: n,
+                capacity,
+                pressure: capacity.map(|c| n as f64 / f64::from(c)),
+            })
+            .collect();
+        destinations.sort_by(|a, b| b.timewait_active.cmp(&a.timewait_active));
+
+        let mut processes: Vec<ProcSummary> = self
+            .procs
+            .iter()
+            .map(|(k, s)| ProcSummary {
+                pid: k.pid,
+                comm: k.comm.clone(),
+                events: s.events,
+                timewait: s.timewait,
+                timewait_destinations: s
+                    .timewait_by_dest
+                    .iter()
+                    .map(|((daddr, dport), count)| DestCount {
+                        daddr: *daddr,
+                        dport: *dport,
+                        count: *count,
+                    })
+                    .collect(),
+                connect_failures: s.connect_failures.clone(),
+                bind_failures: s
+                    .bind_failures
+                    .iter()
+                    .map(|((errno, port), count)| BindFailure {
+                        errno: errno.clone(),
+                        port: *port,
+                        count: *count,
+                    })
+                    .collect(),
+            })
+            .collect();
+        processes.sort_by(|a, b| {
+            let fails = |p: &ProcSummary| {
+                p.connect_failures.values().sum::<u64>()
+                    + p.bind_failures.iter().map(|b| b.count).sum::<u64>()
+            };
+            (b.timewait, fails(b), b.events, &a.pid).cmp(&(a.timewait, fails(a), a.events, &b.pid))
+        });
+        Summary {
+            event: "summary",
+            time: now,
+            duration_s: match (self.first, self.last) {
+                (Some(f), Some(l)) => (l - f) as f64 / 1e9,
+                _ => 0.0,
+            },
+            events: self.events,
+            lost: self.lost,
+            ephemeral_range: self.range,
+            timewait_destinations: destinations,
+            processes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DestCount {
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BindFailure {
+    pub errno: String,
+    pub port: u16,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcSummary {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub events: u64,
+    pub timewait: u64,
+    pub timewait_destinations: Vec<DestCount>,
+    pub connect_failures: BTreeMap<String, u64>,
+    pub bind_failures: Vec<BindFailure>,
+}
+
+/// TIME_WAIT sockets still (by the 60 s rule) in the table for one
+/// destination, against the ports the ephemeral range offers it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DestSummary {
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub timewait_active: u64,
+    pub capacity: Option<u32>,
+    /// timewait_active / capacity: 1.0 means the next connect() to this
+    /// destination from the same source address fails with EADDRNOTAVAIL.
+    pub pressure: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub event: &'static str,
+    #[serde(with = "crate::timefmt::rfc3339_ns")]
+    pub time: i128,
+    pub duration_s: f64,
+    pub events: u64,
+    pub lost: u64,
+    pub ephemeral_range: Option<PortRange>,
+    pub timewait_destinations: Vec<DestSummary>,
+    pub processes: Vec<ProcSummary>,
+}

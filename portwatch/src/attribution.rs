@@ -1,0 +1,285 @@
+//! Attribution: turns what a collector saw into answers. Adds each process's
+//! command line and cgroup, confirms TIME_WAIT entries, and names the holder
+//! of a port that a bind() could not get.
+//!
+//! The system is reached only through [`SocketProbe`] and [`ProcessLookup`],
+//! so this module is tested from recorded events without root.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::errno;
+use crate::model::{Event, EventKind, Family, Hints, Holder, Protocol, SourceMsg, TcpState};
+
+/// A socket bound to a port, as a snapshot shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSocket {
+    pub protocol: Protocol,
+    /// TCP state; None for UDP.
+    pub state: Option<TcpState>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// The owning process, when the socket has one (TIME_WAIT sockets do not).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+/// Live socket state: sock_diag on Linux, a fake in tests.
+pub trait SocketProbe {
+    /// The state of the TCP socket with this 4-tuple, if it exists.
+    fn tcp_state(
+        &mut self,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+    ) -> Option<TcpState>;
+    /// Every TCP and UDP socket whose local port is `port`.
+    fn on_port(&mut self, port: u16) -> Vec<PortSocket>;
+}
+
+/// What portwatch adds about a process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+}
+
+pub trait ProcessLookup {
+    fn lookup(&mut self, pid: u32) -> Option<ProcessInfo>;
+}
+
+/// For replays: nothing live to ask.
+pub struct Offline;
+
+impl SocketProbe for Offline {
+    fn tcp_state(&mut self, _: IpAddr, _: u16, _: IpAddr, _: u16) -> Option<TcpState> {
+        None
+    }
+    fn on_port(&mut self, _: u16) -> Vec<PortSocket> {
+        Vec::new()
+    }
+}
+
+impl ProcessLookup for Offline {
+    fn lookup(&mut self, _: u32) -> Option<ProcessInfo> {
+        None
+    }
+}
+
+type Tuple = (IpAddr, u16, IpAddr, u16);
+
+#[derive(Clone, Debug)]
+struct Known {
+    pid: Option<u32>,
+    comm: Option<String>,
+    family: Option<Family>,
+    time: i128,
+}
+
+/// Upper bounds on what attribution remembers, so a long trace stays small.
+const MAX_PROCS: usize = 16384;
+const MAX_TW_ORIGINS: usize = 262144;
+/// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); keep origins a little longer.
+const TW_ORIGIN_TTL_NS: i128 = 90 * 1_000_000_000;
+
+pub struct Attributor<S, P> {
+    sockets: S,
+    processes: P,
+    proc_cache: HashMap<u32, (Option<String>, Option<ProcessInfo>)>,
+    /// Listening sockets seen during the trace, by port.
+    listeners: HashMap<u16, Known>,
+    /// Who created each TIME_WAIT socket (the kernel forgets: they have no owner).
+    tw_origins: HashMap<Tuple, Known>,
+}
+
+impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
+    pub fn new(sockets: S, processes: P) -> Self {
+        Attributor {
+            sockets,
+            processes,
+            proc_cache: HashMap::new(),
+            listeners: HashMap::new(),
+            tw_origins: HashMap::new(),
+        }
+    }
+
+    /// One message in, zero or more answers out.
+    pub fn process(&mut self, msg: SourceMsg) -> Vec<Event> {
+        match msg {
+            SourceMsg::Lost { time, count } => vec![Event::lost(time, count)],
+            SourceMsg::Event(ev, hints) => self.event(ev, hints),
+        }
+    }
+
+    fn enrich(&mut self, ev: &mut Event) {
+        let Some(pid) = ev.pid else { return };
+        // A pid can be reused: the cached entry is valid only for the same comm.
+        let fresh = match self.proc_cache.get(&pid) {
+            Some((comm, _)) => comm != &ev.comm,
+            None => true,
+        };
+        if fresh {
+            if self.proc_cache.len() >= MAX_PROCS {
+                self.proc_cache.clear();
+            }
+            let info = self.processes.lookup(pid);
+            self.proc_cache.insert(pid, (ev.comm.clone(), info));
+        }
+        if let Some((_, Some(info))) = self.proc_cache.get(&pid) {
+            ev.cmdline.clone_from(&info.cmdline);
+            ev.cgroup.clone_from(&info.cgroup);
+        }
+    }
+
+    fn known(ev: &Event) -> Known {
+        Known {
+            pid: ev.pid,
+            comm: ev.comm.clone(),
+            family: ev.family,
+            time: ev.time,
+        }
+    }
+
+    fn event(&mut self, mut ev: Event, hints: Hints) -> Vec<Event> {
+        self.enrich(&mut ev);
+        match ev.event {
+            EventKind::Listen => {
+                if let Some(port) = ev.sport {
+                    self.listeners.insert(port, Self::known(&ev));
+                }
+                vec![ev]
+            }
+            EventKind::State => {
+                let (old, new) = (ev.old_state, ev.new_state);
+                if old == Some(TcpState::Listen) && new == Some(TcpState::Close) {
+                    if let Some(port) = ev.sport {
+                        self.listeners.remove(&port);
+                    }
+                }
+                let closing = matches!(old, Some(TcpState::FinWait2 | TcpState::Closing))
+                    && new == Some(TcpState::Close);
+                if closing && self.is_timewait(&ev, hints) {
+                    let tw = Event {
+                        event: EventKind::Timewait,
+                        new_state: Some(TcpState::TimeWait),
+                        ..ev.clone()
+                    };
+                    self.remember_tw(&tw);
+                    vec![ev, tw]
+                } else {
+                    vec![ev]
+                }
+            }
+            EventKind::Bind => {
+                if ev.errno_value() == Some(errno::EADDRINUSE) {
+                    if let Some(port) = ev.sport {
+                        ev.holder = self.holder(port, ev.family);
+                    }
+                }
+                vec![ev]
+            }
+            _ => vec![ev],
+        }
+    }
+
+    /// FIN_WAIT2/CLOSING -> CLOSE is TIME_WAIT only if the kernel swapped in a
+    /// timewait socket; resets and orphan timeouts look the same on the
+    /// tracepoint. A kernel hook says so directly; otherwise ask the live
+    /// socket table, where the timewait socket is already hashed by now.
+    fn is_timewait(&mut self, ev: &Event, hints: Hints) -> bool {
+        if hints.timewait_confirmed {
+            return true;
+        }
+        let (Some(sa), Some(sp), Some(da), Some(dp)) = (ev.saddr, ev.sport, ev.daddr, ev.dport)
+        else {
+            return false;
+        };
+        self.sockets.tcp_state(sa, sp, da, dp) == Some(TcpState::TimeWait)
+    }
+
+    fn remember_tw(&mut self, tw: &Event) {
+        let (Some(sa), Some(sp), Some(da), Some(dp)) = (tw.saddr, tw.sport, tw.daddr, tw.dport)
+        else {
+            return;
+        };
+        if self.tw_origins.len() >= MAX_TW_ORIGINS {
+            let cutoff = tw.time - TW_ORIGIN_TTL_NS;
+            self.tw_origins.retain(|_, k| k.time >= cutoff);
+            if self.tw_origins.len() >= MAX_TW_ORIGINS {
+                self.tw_origins.clear();
+            }
+        }
+        self.tw_origins.insert((sa, sp, da, dp), Self::known(tw));
+    }
+
+    /// Who holds `port`: the live socket table says which sockets are bound
+    /// there; the owner comes from the socket's process, or for a TIME_WAIT
+    /// remnant from the process this trace saw create it.
+    fn holder(&mut self, port: u16, family: Option<Family>) -> Option<Holder> {
+        let sockets = self.sockets.on_port(port);
+        let family_of = |a: &IpAddr| match a {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        };
+        let rank = |s: &PortSocket| {
+            let mut r = 0;
+            if s.state == Some(TcpState::Listen) {
+                r += 8;
+            }
+            if s.pid.is_some() {
+                r += 4;
+            }
+            if s.protocol == Protocol::Tcp {
+                r += 2;
+            }
+            if Some(family_of(&s.saddr)) == family {
+                r += 1;
+            }
+            r
+        };
+        if let Some(best) = sockets.iter().max_by_key(|s| rank(s)) {
+            let mut h = Holder {
+                pid: best.pid,
+                comm: best.comm.clone(),
+                state: best.state,
+                protocol: Some(best.protocol),
+                saddr: best.saddr,
+                sport: best.sport,
+                daddr: best.daddr,
+                dport: best.dport,
+            };
+            if h.pid.is_none() {
+                let known = self
+                    .tw_origins
+                    .get(&(best.saddr, best.sport, best.daddr, best.dport))
+                    .or_else(|| {
+                        (best.state == Some(TcpState::Listen))
+                            .then(|| self.listeners.get(&port))
+                            .flatten()
+                    });
+                if let Some(k) = known {
+                    h.pid = k.pid;
+                    h.comm.clone_from(&k.comm);
+                }
+            }
+            return Some(h);
+        }
+        // Not in this namespace's table, but this trace saw it start listening.
+        self.listeners.get(&port).map(|k| Holder {
+            pid: k.pid,
+            comm: k.comm.clone(),
+            state: Some(TcpState::Listen),
+            protocol: Some(Protocol::Tcp),
+            saddr: match k.family {
+                Some(Family::Ipv6) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            },
+            sport: port,
+            daddr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            dport: 0,
+        })
+    }
+}

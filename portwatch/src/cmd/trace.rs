@@ -1,0 +1,152 @@
+//! `portwatch trace`.
+
+use std::io::{self, IsTerminal};
+
+use anyhow::Context as _;
+
+use crate::attribution::{Attributor, Offline};
+use crate::cli::{ColorChoice, TraceArgs};
+use crate::filter::EventFilter;
+use crate::output::{JsonSink, Sink, TextSink};
+use crate::pipeline::Pipeline;
+use crate::timefmt::now_ns;
+
+fn sink(args: &TraceArgs) -> Box<dyn Sink> {
+    let stdout = io::stdout();
+    if args.json {
+        return Box::new(JsonSink::new(stdout));
+    }
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    Box::new(TextSink::new(stdout, color))
+}
+
+fn filter(args: &TraceArgs) -> EventFilter {
+    EventFilter {
+        pid: args.pid,
+        ports: args.ports.clone(),
+        comm: args.comm.clone(),
+        errors_only: args.errors,
+    }
+}
+
+/// A closed stdout (`portwatch trace | head`) ends the trace quietly.
+fn quiet_on_broken_pipe(r: io::Result<()>) -> anyhow::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing output"),
+    }
+}
+
+pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.replay {
+        return replay(&args, path);
+    }
+    live(args).await
+}
+
+fn replay(args: &TraceArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the recording {}", path.display()))?;
+    let events = crate::source::replay::read(io::BufReader::new(file))
+        .with_context(|| format!("cannot replay {}", path.display()))?;
+    let mut pipeline = Pipeline::new(
+        Attributor::new(Offline, Offline),
+        filter(args),
+        None,
+        sink(args),
+    )
+    .quiet(args.summary_only);
+    let mut last = 0;
+    for ev in &events {
+        last = last.max(ev.time);
+        if !quiet_on_broken_pipe(pipeline.emit(ev))? {
+            return Ok(());
+        }
+    }
+    quiet_on_broken_pipe(pipeline.finish(last))?;
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+async fn live(args: TraceArgs) -> anyhow::Result<()> {
+    use crate::source::linux::{CollectorConfig, LinuxCollector};
+    use crate::system::{ephemeral_range, LiveProcesses, LiveSockets};
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let cfg = CollectorConfig {
+        pid: args.pid,
+        ports: args.ports.clone(),
+        ring_bytes: args.ring_bytes,
+        stall_reader: args.stall_reader_ms.map(std::time::Duration::from_millis),
+        lost_poll: std::time::Duration::from_millis(250),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(65536);
+    let collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
+    eprintln!(
+        "portwatch: attached {}",
+        crate::source::describe(collector.mechanisms())
+    );
+
+    let mut pipeline = Pipeline::new(
+        Attributor::new(LiveSockets::new(), LiveProcesses),
+        filter(&args),
+        ephemeral_range(),
+        sink(&args),
+    )
+    .quiet(args.summary_only);
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
+
+    let mut open = true;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => {
+                    open = quiet_on_broken_pipe(pipeline.handle(msg))?;
+                    if open && rx.is_empty() {
+                        open = quiet_on_broken_pipe(pipeline.flush())?;
+                    }
+                    if !open { break; }
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut until_deadline => break,
+        }
+    }
+
+    // Detach, then take what the ring still holds before summarising.
+    let stopper = tokio::spawn(collector.stop());
+    while let Some(msg) = rx.recv().await {
+        if open {
+            open = quiet_on_broken_pipe(pipeline.handle(msg))?;
+        }
+    }
+    stopper
+        .await
+        .context("the ring-buffer reader panicked")?
+        .context("reading the ring buffer")?;
+    if open {
+        quiet_on_broken_pipe(pipeline.finish(now_ns()))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn live(_args: TraceArgs) -> anyhow::Result<()> {
+    anyhow::bail!("live tracing needs the Linux collector; the Windows (ETW) collector is not built yet. Use --replay FILE to read a recording")
+}

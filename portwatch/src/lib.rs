@@ -1,0 +1,24 @@
+//! portwatch: a kernel-level tracer of the socket lifecycle.
+//!
+//! A collector per platform ([`source`]) produces [`model`] events; the rest
+//! ([`attribution`], [`filter`], [`aggregate`], [`output`], [`pipeline`]) is
+//! platform-free and tested from recorded events.
+
+pub mod aggregate;
+pub mod attribution;
+pub mod cli;
+pub mod cmd;
+pub mod errno;
+pub mod filter;
+pub mod model;
+pub mod output;
+pub mod pipeline;
+pub mod source;
+pub mod timefmt;
+
+#[cfg(target_os = "linux")]
+pub mod procfd;
+#[cfg(target_os = "linux")]
+pub mod sockdiag;
+#[cfg(target_os = "linux")]
+pub mod system;

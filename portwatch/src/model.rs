@@ -1,0 +1,277 @@
+//! The platform-free event model. Every collector (eBPF on Linux, ETW on
+//! Windows, a recording) produces these; attribution, aggregation and output
+//! only ever see this module's types.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::errno;
+
+/// TCP states by their kernel names, as `ss` and the tracepoint print them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TcpState {
+    /// From the kernel's numbering (include/net/tcp_states.h).
+    pub fn from_kernel(n: u8) -> Option<Self> {
+        use TcpState::*;
+        Some(match n {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use TcpState::*;
+        match self {
+            Established => "ESTABLISHED",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            FinWait1 => "FIN_WAIT1",
+            FinWait2 => "FIN_WAIT2",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            Listen => "LISTEN",
+            Closing => "CLOSING",
+            NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// What an event reports. The JSON `event` field carries these names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A TCP state transition.
+    State,
+    /// The outcome of a bind().
+    Bind,
+    /// The outcome of a connect().
+    Connect,
+    /// A socket started listening (CLOSE -> LISTEN).
+    Listen,
+    /// A socket entered TIME_WAIT (confirmed, never merely inferred).
+    Timewait,
+    /// Events the kernel could not hand over (ring buffer full).
+    Lost,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::Bind => "bind",
+            EventKind::Connect => "connect",
+            EventKind::Listen => "listen",
+            EventKind::Timewait => "timewait",
+            EventKind::Lost => "lost",
+        }
+    }
+}
+
+/// How the process an event names was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attribution {
+    /// The event ran in the process's own context.
+    Current,
+    /// Remembered for this socket from an earlier event in process context.
+    Remembered,
+    /// Nobody known: the socket predates the trace.
+    Unknown,
+}
+
+/// The process (and socket) that held a port a bind() wanted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub state: Option<TcpState>,
+    pub protocol: Option<Protocol>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// One observation. Field names are the stable JSON schema.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Wall-clock nanoseconds since the Unix epoch; RFC 3339 in JSON.
+    #[serde(with = "crate::timefmt::rfc3339_ns")]
+    pub time: i128,
+    pub event: EventKind,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub family: Option<Family>,
+    pub protocol: Option<Protocol>,
+    pub saddr: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub daddr: Option<IpAddr>,
+    pub dport: Option<u16>,
+    pub old_state: Option<TcpState>,
+    pub new_state: Option<TcpState>,
+    /// 0 or -errno, for bind and connect.
+    pub ret: Option<i32>,
+    /// The errno's name when `ret` is negative.
+    pub errno: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+    pub attribution: Attribution,
+    /// Full command line, when the process could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// cgroup path (systemd unit or container), when the process could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// For `lost` events: how many events were dropped since the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    /// The kernel's socket identity, tying a socket's events together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock: Option<String>,
+}
+
+impl Event {
+    /// An event with nothing but its time and kind set.
+    pub fn new(time: i128, event: EventKind) -> Self {
+        Event {
+            time,
+            event,
+            pid: None,
+            tid: None,
+            comm: None,
+            uid: None,
+            family: None,
+            protocol: None,
+            saddr: None,
+            sport: None,
+            daddr: None,
+            dport: None,
+            old_state: None,
+            new_state: None,
+            ret: None,
+            errno: None,
+            holder: None,
+            attribution: Attribution::Unknown,
+            cmdline: None,
+            cgroup: None,
+            lost: None,
+            sock: None,
+        }
+    }
+
+    pub fn lost(time: i128, count: u64) -> Self {
+        Event {
+            lost: Some(count),
+            ..Event::new(time, EventKind::Lost)
+        }
+    }
+
+    /// Sets `ret` and the matching `errno` name.
+    pub fn set_ret(&mut self, ret: i32) {
+        self.ret = Some(ret);
+        self.errno = (ret < 0).then(|| errno::display(-ret));
+    }
+
+    /// The errno number of a failed call, if this is one.
+    pub fn errno_value(&self) -> Option<i32> {
+        self.ret.filter(|r| *r < 0).map(|r| -r)
+    }
+
+    /// bind/connect that failed (EINPROGRESS is not a failure).
+    pub fn is_failure(&self) -> bool {
+        self.ret.is_some_and(errno::is_failure)
+    }
+
+    pub fn local(&self) -> (IpAddr, u16) {
+        (
+            self.saddr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            self.sport.unwrap_or(0),
+        )
+    }
+
+    pub fn remote(&self) -> (IpAddr, u16) {
+        (
+            self.daddr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            self.dport.unwrap_or(0),
+        )
+    }
+}
+
+/// What a collector hands to the pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceMsg {
+    /// An event as the collector saw it, before attribution. `flags` carry
+    /// collector hints (see [`Hints`]).
+    Event(Event, Hints),
+    /// The collector could not deliver `count` events.
+    Lost { time: i128, count: u64 },
+}
+
+/// What a collector knows about an event beyond the model's fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// A kernel hook saw this socket enter TIME_WAIT.
+    pub timewait_confirmed: bool,
+}

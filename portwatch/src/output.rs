@@ -1,0 +1,232 @@
+//! Output formats: aligned, coloured lines for a terminal, JSON Lines for
+//! scripts. Both write through a buffer and flush when the pipeline is idle.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+
+use nu_ansi_term::{Color, Style};
+
+use crate::aggregate::Summary;
+use crate::model::{Event, EventKind};
+use crate::timefmt;
+
+pub trait Sink {
+    fn event(&mut self, ev: &Event) -> io::Result<()>;
+    fn summary(&mut self, s: &Summary) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// One JSON object per line; field names are the stable schema in
+/// [`crate::model::Event`] and [`crate::aggregate::Summary`].
+pub struct JsonSink<W: Write> {
+    out: io::BufWriter<W>,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(w: W) -> Self {
+        JsonSink {
+            out: io::BufWriter::new(w),
+        }
+    }
+}
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, ev)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, s)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+pub struct TextSink<W: Write> {
+    out: io::BufWriter<W>,
+    color: bool,
+    offset: time::UtcOffset,
+    header_done: bool,
+}
+
+impl<W: Write> TextSink<W> {
+    pub fn new(w: W, color: bool) -> Self {
+        TextSink {
+            out: io::BufWriter::new(w),
+            color,
+            offset: time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC),
+            header_done: false,
+        }
+    }
+
+    /// Fixed offset, for reproducible output in tests.
+    pub fn with_offset(mut self, offset: time::UtcOffset) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    fn paint(&self, style: Style, s: &str) -> String {
+        if self.color {
+            style.paint(s).to_string()
+        } else {
+            s.to_owned()
+        }
+    }
+}
+
+fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
+    match (addr, port) {
+        (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+        (None, Some(p)) => format!("*:{p}"),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+/// The last column: states, errno and holder, or the lost count.
+fn detail(ev: &Event) -> String {
+    match ev.event {
+        EventKind::Lost => format!("{} events lost (ring buffer full)", ev.lost.unwrap_or(0)),
+        EventKind::Bind | EventKind::Connect => {
+            let mut s = match &ev.errno {
+                Some(e) => e.clone(),
+                None => "ok".to_owned(),
+            };
+            if let Some(h) = &ev.holder {
+                let who = match (h.pid, &h.comm) {
+                    (Some(p), Some(c)) => format!("{c}[{p}]"),
+                    (Some(p), None) => format!("pid {p}"),
+                    _ => "no process".to_owned(),
+                };
+                let state = h.state.map_or("bound", |s| s.name());
+                s.push_str(&format!(
+                    "  held by {who} ({} {state} {})",
+                    h.protocol.map_or("?", |p| p.name()),
+                    endpoint(Some(h.saddr), Some(h.sport))
+                ));
+            }
+            s
+        }
+        _ => match (ev.old_state, ev.new_state) {
+            (Some(o), Some(n)) => format!("{o} -> {n}"),
+            _ => String::new(),
+        },
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if !self.header_done {
+            self.header_done = true;
+            let h = format!(
+                "{:<12} {:>7} {:<15} {:<8} {:<45} {}",
+                "TIME", "PID", "COMM", "EVENT", "LOCAL -> REMOTE", "DETAIL"
+            );
+            let h = self.paint(Style::new().bold(), &h);
+            writeln!(self.out, "{h}")?;
+        }
+        let time = timefmt::clock_ms(ev.time, self.offset);
+        let pid = ev.pid.map_or("-".to_owned(), |p| p.to_string());
+        let comm = ev.comm.clone().unwrap_or_else(|| "?".to_owned());
+        let local = endpoint(ev.saddr, ev.sport);
+        let remote = endpoint(ev.daddr, ev.dport);
+        let ends = match ev.event {
+            EventKind::Bind | EventKind::Listen => local,
+            EventKind::Connect => format!("-> {remote}"),
+            EventKind::Lost => String::new(),
+            _ => format!("{local} -> {remote}"),
+        };
+        let failed = ev.is_failure();
+        let kind_style = match ev.event {
+            _ if failed => Color::Red.bold(),
+            EventKind::Lost => Color::Red.bold(),
+            EventKind::Timewait => Color::Yellow.normal(),
+            EventKind::Listen => Color::Green.normal(),
+            EventKind::Bind | EventKind::Connect => Color::Cyan.normal(),
+            EventKind::State => Style::new(),
+        };
+        let kind = self.paint(kind_style, &format!("{:<8}", ev.event.name()));
+        let detail = detail(ev);
+        let detail = if failed {
+            self.paint(Color::Red.normal(), &detail)
+        } else {
+            detail
+        };
+        writeln!(
+            self.out,
+            "{time:<12} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}"
+        )
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        let title = self.paint(Style::new().bold(), "summary");
+        writeln!(
+            self.out,
+            "\n{title}: {} events in {:.1}s, {} lost",
+            s.events, s.duration_s, s.lost
+        )?;
+        if let Some(r) = s.ephemeral_range {
+            writeln!(
+                self.out,
+                "ephemeral port range {}-{} ({} ports per destination)",
+                r.low,
+                r.high,
+                r.size()
+            )?;
+        }
+        if !s.processes.is_empty() {
+            writeln!(
+                self.out,
+                "{:>7} {:<15} {:>8} {:>9}  FAILURES",
+                "PID", "COMM", "EVENTS", "TIME_WAIT"
+            )?;
+        }
+        for p in &s.processes {
+            let mut fails: Vec<String> = p
+                .connect_failures
+                .iter()
+                .map(|(e, n)| format!("connect {e} x{n}"))
+                .collect();
+            fails.extend(
+                p.bind_failures
+                    .iter()
+                    .map(|b| format!("bind :{} {} x{}", b.port, b.errno, b.count)),
+            );
+            writeln!(
+                self.out,
+                "{:>7} {:<15} {:>8} {:>9}  {}",
+                p.pid.map_or("-".to_owned(), |v| v.to_string()),
+                p.comm.as_deref().unwrap_or("?"),
+                p.events,
+                p.timewait,
+                if fails.is_empty() {
+                    "-".to_owned()
+                } else {
+                    fails.join(", ")
+                }
+            )?;
+        }
+        for d in s.timewait_destinations.iter().take(10) {
+            let pct = d.pressure.map_or(String::new(), |p| {
+                format!(" = {:.1}% of the range", p * 100.0)
+            });
+            writeln!(
+                self.out,
+                "TIME_WAIT to {}: {} in the last 60s{}",
+                endpoint(Some(d.daddr), Some(d.dport)),
+                d.timewait_active,
+                pct
+            )?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

@@ -1,0 +1,76 @@
+//! Collector output -> attribution -> filters -> aggregation -> a sink.
+//! Platform-free: the same pipeline serves every collector and replays.
+
+use std::io;
+
+use crate::aggregate::{Aggregator, PortRange};
+use crate::attribution::{Attributor, ProcessLookup, SocketProbe};
+use crate::filter::EventFilter;
+use crate::model::{Event, SourceMsg};
+use crate::output::Sink;
+
+pub struct Pipeline<S, P> {
+    attributor: Attributor<S, P>,
+    filter: EventFilter,
+    aggregator: Aggregator,
+    sink: Box<dyn Sink>,
+    /// Aggregate only; print nothing but the summary.
+    quiet: bool,
+}
+
+impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
+    pub fn new(
+        attributor: Attributor<S, P>,
+        filter: EventFilter,
+        range: Option<PortRange>,
+        sink: Box<dyn Sink>,
+    ) -> Self {
+        Pipeline {
+            attributor,
+            filter,
+            aggregator: Aggregator::new(range),
+            sink,
+            quiet: false,
+        }
+    }
+
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// A message from a collector.
+    pub fn handle(&mut self, msg: SourceMsg) -> io::Result<()> {
+        for ev in self.attributor.process(msg) {
+            self.emit(&ev)?;
+        }
+        Ok(())
+    }
+
+    /// An event that is already attributed (a replay).
+    pub fn emit(&mut self, ev: &Event) -> io::Result<()> {
+        if !self.filter.selects(ev) {
+            return Ok(());
+        }
+        self.aggregator.add(ev);
+        if !self.quiet && self.filter.shows(ev) {
+            self.sink.event(ev)?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+
+    /// Writes the summary as of `now` and flushes.
+    pub fn finish(&mut self, now: i128) -> io::Result<()> {
+        let summary = self.aggregator.summary(now);
+        self.sink.summary(&summary)?;
+        self.sink.flush()
+    }
+
+    pub fn aggregator(&self) -> &Aggregator {
+        &self.aggregator
+    }
+}

@@ -1,0 +1,270 @@
+//! Turns the kernel's [`RawEvent`] bytes into model events.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use portwatch_common::{
+    flags, kind, RawEvent, AF_INET, AF_INET6, EVENT_VERSION, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::model::{Attribution, Event, EventKind, Family, Hints, Protocol, TcpState};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {0} bytes, expected {expected}", expected = std::mem::size_of::<RawEvent>())]
+    Size(usize),
+    #[error("event version {0}, this portwatch reads version {EVENT_VERSION}: the eBPF object and the binary do not match; rebuild with `cargo xtask build`")]
+    Version(u16),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+}
+
+/// Converts CLOCK_BOOTTIME (what `bpf_ktime_get_boot_ns` reads) to wall time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// realtime - boottime, in ns.
+    offset: i128,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let read = |id| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid pointer to a timespec; both clocks exist on Linux >= 2.6.39.
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        let real = read(libc::CLOCK_REALTIME);
+        let boot = read(libc::CLOCK_BOOTTIME);
+        Clock {
+            offset: real - boot,
+        }
+    }
+
+    pub fn with_offset(offset: i128) -> Self {
+        Clock { offset }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> i128 {
+        boot_ns as i128 + self.offset
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn parse(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    if bytes.len() != std::mem::size_of::<RawEvent>() {
+        return Err(DecodeError::Size(bytes.len()));
+    }
+    // SAFETY: length checked; RawEvent is plain old data, read unaligned.
+    let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if raw.version != EVENT_VERSION {
+        return Err(DecodeError::Version(raw.version));
+    }
+    Ok(raw)
+}
+
+fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
+    }
+}
+
+fn comm(bytes: &[u8; 16]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+pub fn decode(raw: &RawEvent, clock: &Clock) -> Result<(Event, Hints), DecodeError> {
+    let event = match raw.kind {
+        kind::STATE => EventKind::State,
+        kind::BIND => EventKind::Bind,
+        kind::CONNECT => EventKind::Connect,
+        k => return Err(DecodeError::Kind(k)),
+    };
+    let mut ev = Event::new(clock.wall(raw.ts_ns), event);
+    ev.family = match raw.family {
+        AF_INET => Some(Family::Ipv4),
+        AF_INET6 => Some(Family::Ipv6),
+        _ => None,
+    };
+    ev.protocol = match raw.protocol {
+        IPPROTO_TCP => Some(Protocol::Tcp),
+        IPPROTO_UDP => Some(Protocol::Udp),
+        _ => None,
+    };
+    let o = &raw.owner;
+    if o.tgid != 0 {
+        ev.pid = Some(o.tgid);
+        ev.tid = Some(o.tid);
+        ev.uid = Some(o.uid);
+        ev.comm = Some(comm(&o.comm));
+    }
+    ev.attribution = if raw.flags & flags::OWNER_CURRENT != 0 {
+        Attribution::Current
+    } else if raw.flags & flags::OWNER_REMEMBERED != 0 {
+        Attribution::Remembered
+    } else {
+        Attribution::Unknown
+    };
+    match event {
+        EventKind::State => {
+            ev.saddr = addr(raw.family, &raw.saddr);
+            ev.daddr = addr(raw.family, &raw.daddr);
+            ev.sport = Some(raw.sport);
+            ev.dport = Some(raw.dport);
+            ev.old_state = TcpState::from_kernel(raw.old_state);
+            ev.new_state = TcpState::from_kernel(raw.new_state);
+            if ev.old_state == Some(TcpState::Close) && ev.new_state == Some(TcpState::Listen) {
+                ev.event = EventKind::Listen;
+            }
+        }
+        EventKind::Bind => {
+            ev.saddr = addr(raw.family, &raw.saddr);
+            ev.sport = Some(raw.sport);
+            ev.set_ret(raw.ret);
+        }
+        _ => {
+            ev.daddr = addr(raw.family, &raw.daddr);
+            ev.dport = Some(raw.dport);
+            ev.set_ret(raw.ret);
+        }
+    }
+    if raw.skaddr != 0 {
+        ev.sock = Some(format!("{:#x}", raw.skaddr));
+    }
+    let hints = Hints {
+        timewait_confirmed: raw.flags & flags::TIMEWAIT_CONFIRMED != 0,
+    };
+    Ok((ev, hints))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portwatch_common::{tcp_state, Owner};
+
+    fn raw_state(old: u8, new: u8) -> RawEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        RawEvent {
+            kind: kind::STATE,
+            flags: flags::OWNER_REMEMBERED | flags::TIMEWAIT_CONFIRMED,
+            family: AF_INET,
+            protocol: IPPROTO_TCP,
+            old_state: old,
+            new_state: new,
+            sport: 40001,
+            dport: 1433,
+            ts_ns: 5_000_000_000,
+            skaddr: 0xffff_8880_1234_5678,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            owner: Owner {
+                tgid: 4242,
+                tid: 4243,
+                uid: 1000,
+                _pad: 0,
+                cgroup_id: 7,
+                comm,
+            },
+            ..RawEvent::zeroed()
+        }
+    }
+
+    fn bytes(raw: &RawEvent) -> Vec<u8> {
+        // SAFETY: RawEvent is repr(C) plain old data without implicit padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (raw as *const RawEvent).cast::<u8>(),
+                std::mem::size_of::<RawEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_state_transition_with_its_remembered_owner() {
+        let raw = raw_state(tcp_state::FIN_WAIT2, tcp_state::CLOSE);
+        let parsed = parse(&bytes(&raw)).expect("parse");
+        let (ev, hints) = decode(&parsed, &Clock::with_offset(1_000)).expect("decode");
+        assert_eq!(ev.time, 5_000_001_000);
+        assert_eq!(ev.event, EventKind::State);
+        assert_eq!(ev.pid, Some(4242));
+        assert_eq!(ev.tid, Some(4243));
+        assert_eq!(ev.comm.as_deref(), Some("curl"));
+        assert_eq!(ev.saddr, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(ev.daddr, Some("10.1.2.3".parse().unwrap()));
+        assert_eq!((ev.sport, ev.dport), (Some(40001), Some(1433)));
+        assert_eq!(ev.old_state, Some(TcpState::FinWait2));
+        assert_eq!(ev.new_state, Some(TcpState::Close));
+        assert_eq!(ev.attribution, Attribution::Remembered);
+        assert_eq!(ev.sock.as_deref(), Some("0xffff888012345678"));
+        assert!(hints.timewait_confirmed);
+    }
+
+    #[test]
+    fn close_to_listen_is_a_listen_event() {
+        let raw = raw_state(tcp_state::CLOSE, tcp_state::LISTEN);
+        let (ev, _) = decode(&raw, &Clock::with_offset(0)).expect("decode");
+        assert_eq!(ev.event, EventKind::Listen);
+    }
+
+    #[test]
+    fn decodes_a_failed_ipv6_bind_with_errno_name() {
+        let mut raw = raw_state(0, 0);
+        raw.kind = kind::BIND;
+        raw.family = AF_INET6;
+        raw.protocol = 0;
+        raw.flags = flags::OWNER_CURRENT;
+        raw.ret = -98;
+        raw.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        raw.sport = 1433;
+        raw.dport = 0;
+        let (ev, _) = decode(&raw, &Clock::with_offset(0)).expect("decode");
+        assert_eq!(ev.event, EventKind::Bind);
+        assert_eq!(ev.family, Some(Family::Ipv6));
+        assert_eq!(ev.protocol, None);
+        assert_eq!(ev.saddr, Some("::1".parse().unwrap()));
+        assert_eq!(ev.sport, Some(1433));
+        assert_eq!(ev.ret, Some(-98));
+        assert_eq!(ev.errno.as_deref(), Some("EADDRINUSE"));
+        assert_eq!(ev.attribution, Attribution::Current);
+    }
+
+    #[test]
+    fn rejects_wrong_size_version_and_kind() {
+        let raw = raw_state(1, 7);
+        let mut b = bytes(&raw);
+        assert_eq!(parse(&b[..100]), Err(DecodeError::Size(100)));
+        b[0] = 99;
+        assert_eq!(parse(&b), Err(DecodeError::Version(99)));
+        let mut bad = raw;
+        bad.kind = 77;
+        assert_eq!(
+            decode(&bad, &Clock::with_offset(0)).err(),
+            Some(DecodeError::Kind(77))
+        );
+    }
+
+    #[test]
+    fn unknown_owner_has_no_pid_rather_than_a_bystander() {
+        let mut raw = raw_state(tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
+        raw.flags = 0;
+        raw.owner = Owner::zeroed();
+        let (ev, _) = decode(&raw, &Clock::with_offset(0)).expect("decode");
+        assert_eq!(ev.pid, None);
+        assert_eq!(ev.comm, None);
+        assert_eq!(ev.attribution, Attribution::Unknown);
+    }
+}

@@ -1,0 +1,237 @@
+//! The Linux collector: loads portwatch's eBPF programs, attaches the
+//! cheapest hook the running kernel accepts for each kind of event, and
+//! streams decoded events into the pipeline.
+
+pub mod decode;
+mod probe;
+
+use std::time::Duration;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::{Ebpf, EbpfLoader};
+use portwatch_common::{Filter, RawEvent};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::model::SourceMsg;
+use crate::source::Mechanism;
+use decode::Clock;
+
+pub use probe::{capabilities, Capabilities};
+
+/// Where tracefs must be for tracepoints to attach.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("portwatch needs root, or CAP_BPF and CAP_PERFMON, to load eBPF programs: run it with sudo, or grant them with `sudo setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_dac_read_search+ep $(command -v portwatch)`")]
+    NotPrivileged,
+    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); mount it with `sudo mount -t tracefs tracefs {TRACEFS}`")]
+    Tracefs(std::io::Error),
+    #[error("this kernel has no sock:inet_sock_set_state tracepoint (Linux 4.16 or later has it); portwatch cannot trace TCP states here")]
+    NoStateTracepoint,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object lacks {0}: the build is broken; rebuild with `cargo xtask build`")]
+    Missing(&'static str),
+    #[error("attaching {what} failed: {detail}")]
+    Attach { what: &'static str, detail: String },
+    #[error("eBPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("ring buffer: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the user asked the kernel side to do.
+#[derive(Clone, Debug, Default)]
+pub struct CollectorConfig {
+    /// Only events owned by this process (tgid).
+    pub pid: Option<u32>,
+    /// Only events with one of these ports at either end.
+    pub ports: Vec<u16>,
+    /// Ring-buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: Option<u32>,
+    /// Test-only: how long the reader waits before it first drains the ring,
+    /// to exercise overflow accounting.
+    pub stall_reader: Option<Duration>,
+    /// How often the per-CPU lost counter is read.
+    pub lost_poll: Duration,
+}
+
+/// A running collector. Dropping it detaches every program.
+pub struct LinuxCollector {
+    ebpf: Option<Ebpf>,
+    mechanisms: Vec<Mechanism>,
+    stop: watch::Sender<bool>,
+    reader: Option<JoinHandle<Result<(), CollectorError>>>,
+}
+
+const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+
+impl LinuxCollector {
+    /// Loads and attaches everything, then starts streaming into `tx`.
+    pub fn start(
+        cfg: &CollectorConfig,
+        tx: mpsc::Sender<SourceMsg>,
+    ) -> Result<Self, CollectorError> {
+        let caps = capabilities();
+        if !caps.can_load_bpf() {
+            return Err(CollectorError::NotPrivileged);
+        }
+        probe::ensure_tracefs()?;
+        if !probe::tracepoint_exists("sock", "inet_sock_set_state") {
+            return Err(CollectorError::NoStateTracepoint);
+        }
+
+        let filter = Filter {
+            pid: cfg.pid.unwrap_or(0),
+            ports_enabled: u32::from(!cfg.ports.is_empty()),
+        };
+        let mut loader = EbpfLoader::new();
+        loader.override_global("FILTER", &filter, true);
+        if let Some(bytes) = cfg.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+
+        if !cfg.ports.is_empty() {
+            let map = ebpf
+                .map_mut("PORT_FILTER")
+                .ok_or(CollectorError::Missing("map PORT_FILTER"))?;
+            let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(map)?;
+            for p in &cfg.ports {
+                ports.insert(p, 1, 0)?;
+            }
+        }
+
+        let mechanisms = probe::attach_all(&mut ebpf)?;
+
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(CollectorError::Missing("map EVENTS"))?;
+        let ring = RingBuf::try_from(events)?;
+        let lost_map = ebpf
+            .take_map("LOST")
+            .ok_or(CollectorError::Missing("map LOST"))?;
+        let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(lost_map)?;
+
+        // SAFETY: the ring buffer owns its fd and keeps it open as long as the
+        // AsyncFd that wraps it.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| CollectorError::Io(e.into()))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let reader = tokio::spawn(read_loop(
+            ring,
+            lost,
+            tx,
+            stop_rx,
+            cfg.stall_reader,
+            if cfg.lost_poll.is_zero() {
+                Duration::from_millis(500)
+            } else {
+                cfg.lost_poll
+            },
+        ));
+        Ok(LinuxCollector {
+            ebpf: Some(ebpf),
+            mechanisms,
+            stop,
+            reader: Some(reader),
+        })
+    }
+
+    pub fn mechanisms(&self) -> &[Mechanism] {
+        &self.mechanisms
+    }
+
+    /// Detaches the programs, then drains what the ring still holds, so that
+    /// nothing observed before the stop is lost.
+    pub async fn stop(mut self) -> Result<(), CollectorError> {
+        drop(self.ebpf.take());
+        let _ = self.stop.send(true);
+        match self.reader.take() {
+            Some(h) => h.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
+    lost.get(&0, 0)
+        .map(|v| v.iter().copied().sum())
+        .unwrap_or(0)
+}
+
+async fn read_loop(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    tx: mpsc::Sender<SourceMsg>,
+    mut stop: watch::Receiver<bool>,
+    stall: Option<Duration>,
+    lost_poll: Duration,
+) -> Result<(), CollectorError> {
+    let clock = Clock::new();
+    let mut seen_lost = 0u64;
+    let mut decode_errors = 0u64;
+    if let Some(d) = stall {
+        tokio::time::sleep(d).await;
+    }
+    let mut tick = tokio::time::interval(lost_poll);
+    loop {
+        let stopping = tokio::select! {
+            r = ring.readable_mut() => {
+                let mut guard = r?;
+                drain(guard.get_inner_mut(), &clock, &tx, &mut decode_errors).await;
+                guard.clear_ready();
+                false
+            }
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let total = lost_total(&lost);
+        if total > seen_lost {
+            let msg = SourceMsg::Lost {
+                time: crate::timefmt::now_ns(),
+                count: total - seen_lost,
+            };
+            seen_lost = total;
+            if tx.send(msg).await.is_err() {
+                return Ok(());
+            }
+        }
+        if stopping {
+            drain(ring.get_mut(), &clock, &tx, &mut decode_errors).await;
+            if decode_errors > 0 {
+                log::warn!("{decode_errors} events could not be decoded and were skipped");
+            }
+            return Ok(());
+        }
+    }
+}
+
+async fn drain(
+    ring: &mut RingBuf<MapData>,
+    clock: &Clock,
+    tx: &mpsc::Sender<SourceMsg>,
+    decode_errors: &mut u64,
+) {
+    while let Some(item) = ring.next() {
+        let decoded = decode::parse(&item).and_then(|raw: RawEvent| decode::decode(&raw, clock));
+        drop(item);
+        match decoded {
+            Ok((ev, hints)) => {
+                // Back-pressure: a slow consumer fills the ring, and the kernel
+                // counts what it cannot store instead of us dropping it here.
+                if tx.send(SourceMsg::Event(ev, hints)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if *decode_errors == 0 {
+                    log::warn!("skipping an undecodable event: {e}");
+                }
+                *decode_errors += 1;
+            }
+        }
+    }
+}
