@@ -135,7 +135,7 @@ impl Aggregator {
                 pressure: capacity.map(|c| n as f64 / f64::from(c)),
             })
             .collect();
-        destinations.sort_by(|a, b| b.timewait_active.cmp(&a.timewait_active));
+        destinations.sort_by_key(|d| std::cmp::Reverse(d.timewait_active));
 
         let mut processes: Vec<ProcSummary> = self
             .procs

@@ -260,10 +260,12 @@ impl Event {
 }
 
 /// What a collector hands to the pipeline.
+// Lost is rare; boxing Event would cost an allocation per event instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceMsg {
-    /// An event as the collector saw it, before attribution. `flags` carry
-    /// collector hints (see [`Hints`]).
+    /// An event as the collector saw it, before attribution, with what the
+    /// collector knows beyond the model's fields.
     Event(Event, Hints),
     /// The collector could not deliver `count` events.
     Lost { time: i128, count: u64 },

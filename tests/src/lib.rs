@@ -1,0 +1,191 @@
+//! Harness for portwatch's kernel tests.
+//!
+//! Each test runs `portwatch trace --json` and a workload together inside a
+//! fresh network namespace (`unshare -n`), so it has its own loopback, port
+//! range and socket table, and `ss` there sees exactly the test's sockets.
+//! The tests load real eBPF programs and need root; run them one at a time
+//! (`cargo xtask test` does).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The portwatch binary under test: `$PORTWATCH_BIN`, else the workspace's
+/// debug build (`cargo xtask test` builds it first).
+pub fn portwatch_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PORTWATCH_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("portwatch");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build -p portwatch` (cargo xtask test does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Why a test cannot run here, if it cannot; the test prints it and passes
+/// as skipped.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(
+            "kernel tests need root (they load eBPF programs and create network namespaces)".into(),
+        );
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists()
+        && !Path::new("/sys/kernel/tracing/events/sock/inet_sock_set_state").exists()
+        && !Path::new("/sys/kernel/debug/tracing/events/sock/inet_sock_set_state").exists()
+    {
+        // tracefs may be unmounted; portwatch mounts it. BTF absent as well
+        // suggests a kernel too old for the state tracepoint.
+        return Some("kernel lacks BTF and the sock:inet_sock_set_state tracepoint".into());
+    }
+    None
+}
+
+#[macro_export]
+macro_rules! skip_unless_kernel {
+    () => {
+        if let Some(why) = $crate::skip_reason() {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+}
+
+/// What a traced run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub events: Vec<Value>,
+    pub stderr: String,
+    pub exit_code: i32,
+    /// What the workload printed (pids, errors).
+    pub workload: String,
+    /// `ss -tanH state time-wait` inside the namespace, right after the workload.
+    pub ss_timewait: String,
+}
+
+impl Run {
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.events.iter().filter(move |e| e["event"] == kind)
+    }
+
+    pub fn summary(&self) -> Option<&Value> {
+        self.events.iter().find(|e| e["event"] == "summary")
+    }
+
+    /// `KEY=VALUE` lines the workload printed.
+    pub fn var(&self, key: &str) -> Option<u64> {
+        self.workload.lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|r| r.strip_prefix('='))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    pub fn ss_timewait_count(&self) -> usize {
+        self.ss_timewait
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+}
+
+/// A traced run in a fresh network namespace: `setup` (shell) runs first,
+/// then portwatch starts with `trace_args` and, once it has said
+/// `portwatch: attached`, the Python `workload` runs; then portwatch gets
+/// SIGINT and prints its summary.
+pub fn traced_run(setup: &str, trace_args: &[&str], workload_py: &str) -> Result<Run> {
+    let bin = portwatch_bin()?;
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let d = dir.path();
+    std::fs::write(d.join("workload.py"), workload_py)?;
+    let args = trace_args
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let script = format!(
+        r#"
+set -u
+ip link set lo up
+{setup}
+"$PW" trace --json {args} >"$D/trace.jsonl" 2>"$D/trace.err" &
+pw=$!
+for _ in $(seq 1 400); do
+  grep -q '^portwatch: attached' "$D/trace.err" && break
+  kill -0 $pw 2>/dev/null || break
+  sleep 0.025
+done
+if ! grep -q '^portwatch: attached' "$D/trace.err"; then
+  echo "portwatch did not attach:" >&2; cat "$D/trace.err" >&2; kill $pw 2>/dev/null; exit 97
+fi
+python3 "$D/workload.py" >"$D/workload.out" 2>&1 || {{ echo "workload failed:" >&2; cat "$D/workload.out" >&2; kill $pw; exit 98; }}
+ss -tanH state time-wait >"$D/ss_tw.txt"
+sleep 0.3
+kill -INT $pw
+wait $pw
+echo $? >"$D/trace.rc"
+"#
+    );
+    let out = Command::new("unshare")
+        .args(["--net", "--", "bash", "-c", &script])
+        .env("PW", &bin)
+        .env("D", d)
+        .output()
+        .context("running unshare (util-linux)")?;
+    if !out.status.success() {
+        bail!(
+            "namespace script failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+    let mut events = Vec::new();
+    for (i, line) in read("trace.jsonl").lines().enumerate() {
+        events.push(
+            serde_json::from_str(line)
+                .with_context(|| format!("trace.jsonl line {}: {line}", i + 1))?,
+        );
+    }
+    Ok(Run {
+        events,
+        stderr: read("trace.err"),
+        exit_code: read("trace.rc").trim().parse().unwrap_or(-1),
+        workload: read("workload.out"),
+        ss_timewait: read("ss_tw.txt"),
+    })
+}
+
+/// Runs portwatch with `args` (no namespace) and returns (exit code, stderr).
+pub fn run_portwatch(args: &[&str], as_nobody: bool) -> Result<(i32, String)> {
+    let bin = portwatch_bin()?;
+    let out = if as_nobody {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(args)
+            .output()
+            .context("running setpriv (util-linux)")?
+    } else {
+        Command::new(&bin).args(args).output()?
+    };
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

@@ -1,0 +1,372 @@
+//! Kernel tests: real eBPF programs, real sockets, one network namespace per
+//! test. Run one at a time (`cargo xtask test` passes --test-threads=1).
+
+use anyhow::{ensure, Context, Result};
+use integration_tests::{run_portwatch, skip_unless_kernel, traced_run, Run};
+use serde_json::Value;
+
+/// Process A listens; process B (a child, so another pid) binds the same port.
+fn bind_conflict(addr: &str, family: &str) -> Result<()> {
+    skip_unless_kernel!();
+    let py = format!(
+        r#"
+import os, socket, sys
+fam = socket.AF_INET6 if ":" in "{addr}" else socket.AF_INET
+a = socket.socket(fam); a.bind(("{addr}", 1433)); a.listen()
+print("A=%d" % os.getpid(), flush=True)
+pid = os.fork()
+if pid == 0:
+    b = socket.socket(fam)
+    try:
+        b.bind(("{addr}", 1433)); print("unexpected bind success"); os._exit(1)
+    except OSError as e:
+        print("B=%d" % os.getpid()); print("ERR=%d" % e.errno, flush=True); os._exit(0)
+_, st = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(st))
+"#
+    );
+    let run = traced_run("", &["--port", "1433"], &py)?;
+    check_clean_exit(&run)?;
+    let (a, b) = (
+        run.var("A").context("pid A")?,
+        run.var("B").context("pid B")?,
+    );
+    ensure!(run.var("ERR") == Some(98), "workload: {}", run.workload);
+    let failed: Vec<&Value> = run
+        .of_kind("bind")
+        .filter(|e| e["errno"] == "EADDRINUSE")
+        .collect();
+    ensure!(
+        failed.len() == 1,
+        "one failed bind expected: {:#?}",
+        run.events
+    );
+    let ev = failed[0];
+    ensure!(ev["pid"] == b, "failing pid {b}: {ev}");
+    ensure!(ev["sport"] == 1433 && ev["ret"] == -98, "{ev}");
+    ensure!(ev["family"] == family && ev["saddr"] == addr, "{ev}");
+    ensure!(ev["holder"]["pid"] == a, "holder should be A={a}: {ev}");
+    ensure!(ev["holder"]["state"] == "LISTEN", "{ev}");
+    ensure!(ev["holder"]["protocol"] == "tcp", "{ev}");
+    // The successful bind and the listen are A's.
+    ensure!(
+        run.of_kind("bind").any(|e| e["pid"] == a && e["ret"] == 0),
+        "A's bind: {:#?}",
+        run.events
+    );
+    ensure!(run.of_kind("listen").any(|e| e["pid"] == a), "A's listen");
+    // The summary charges the failure to B, on port 1433.
+    let procs = run.summary().context("summary")?["processes"].clone();
+    let bsum = procs
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pid"] == b))
+        .context("B in summary")?;
+    ensure!(
+        bsum["bind_failures"][0]["errno"] == "EADDRINUSE"
+            && bsum["bind_failures"][0]["port"] == 1433,
+        "{bsum}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bind_conflict_names_failing_process_and_holder_ipv4() -> Result<()> {
+    bind_conflict("127.0.0.1", "ipv4")
+}
+
+#[test]
+fn bind_conflict_names_failing_process_and_holder_ipv6() -> Result<()> {
+    bind_conflict("::1", "ipv6")
+}
+
+/// A server process and a client process; `closer` closes each connection first.
+fn timewait(addr: &str, closer: &str) -> Result<()> {
+    skip_unless_kernel!();
+    const N: usize = 7;
+    let py = format!(
+        r#"
+import os, socket, sys, time
+fam = socket.AF_INET6 if ":" in "{addr}" else socket.AF_INET
+srv = socket.socket(fam); srv.bind(("{addr}", 8080)); srv.listen(64)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    # client process
+    os.close(r)
+    for _ in range({N}):
+        c = socket.create_connection(("{addr}", 8080))
+        if "{closer}" == "client":
+            c.close()
+        else:
+            assert c.recv(1) == b""
+            c.close()
+        os.write(w, b"x")
+    os._exit(0)
+os.close(w)
+print("SERVER=%d" % os.getpid())
+print("CLIENT=%d" % pid, flush=True)
+for _ in range({N}):
+    s, _ = srv.accept()
+    if "{closer}" == "server":
+        s.close()
+    else:
+        assert s.recv(1) == b""
+        s.close()
+    os.read(r, 1)
+os.waitpid(pid, 0)
+time.sleep(0.2)
+"#
+    );
+    let run = traced_run("", &["--port", "8080"], &py)?;
+    check_clean_exit(&run)?;
+    let closer_pid = run.var(&closer.to_uppercase()).context("closer pid")?;
+    let tw: Vec<&Value> = run.of_kind("timewait").collect();
+    ensure!(
+        tw.len() == N,
+        "{N} timewait events expected, got {}: {:#?}",
+        tw.len(),
+        run.events
+    );
+    ensure!(
+        run.ss_timewait_count() == N,
+        "ss shows {} TIME_WAIT sockets:\n{}",
+        run.ss_timewait_count(),
+        run.ss_timewait
+    );
+    for e in &tw {
+        ensure!(
+            e["pid"] == closer_pid,
+            "TIME_WAIT charged to {closer} {closer_pid}: {e}"
+        );
+        ensure!(e["new_state"] == "TIME_WAIT" && e["saddr"] == addr, "{e}");
+    }
+    // Every TIME_WAIT socket ss shows is one we reported.
+    for line in run.ss_timewait.lines() {
+        let local = line.split_whitespace().nth(2).context("ss local column")?;
+        let port: u64 = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("port")?;
+        ensure!(
+            tw.iter().any(|e| e["sport"] == port),
+            "ss TIME_WAIT {local} not reported"
+        );
+    }
+    let summary = run.summary().context("summary")?;
+    let p = summary["processes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pid"] == closer_pid))
+        .context("closer in summary")?;
+    ensure!(p["timewait"] == N, "{p}");
+    Ok(())
+}
+
+#[test]
+fn timewait_is_charged_to_the_client_that_closes_first_ipv4() -> Result<()> {
+    timewait("127.0.0.1", "client")
+}
+
+#[test]
+fn timewait_is_charged_to_the_server_that_closes_first_ipv4() -> Result<()> {
+    timewait("127.0.0.1", "server")
+}
+
+#[test]
+fn timewait_is_charged_to_the_client_that_closes_first_ipv6() -> Result<()> {
+    timewait("::1", "client")
+}
+
+#[test]
+fn timewait_is_charged_to_the_server_that_closes_first_ipv6() -> Result<()> {
+    timewait("::1", "server")
+}
+
+/// Five ephemeral ports; the sixth concurrent connection must fail.
+fn exhaustion(addr: &str) -> Result<()> {
+    skip_unless_kernel!();
+    let py = format!(
+        r#"
+import os, socket
+fam = socket.AF_INET6 if ":" in "{addr}" else socket.AF_INET
+srv = socket.socket(fam); srv.bind(("{addr}", 5432)); srv.listen(64)
+print("CLIENT=%d" % os.getpid())
+conns = []
+for i in range(6):
+    c = socket.socket(fam)
+    try:
+        c.connect(("{addr}", 5432)); conns.append(c)
+    except OSError as e:
+        print("FAILED_AT=%d" % (i + 1)); print("ERR=%d" % e.errno)
+print("OK=%d" % len(conns), flush=True)
+"#
+    );
+    let run = traced_run(
+        "sysctl -qw net.ipv4.ip_local_port_range='40000 40004'",
+        &["--port", "5432"],
+        &py,
+    )?;
+    check_clean_exit(&run)?;
+    ensure!(
+        run.var("FAILED_AT") == Some(6),
+        "workload: {}",
+        run.workload
+    );
+    ensure!(run.var("ERR") == Some(99), "workload: {}", run.workload);
+    let client = run.var("CLIENT").context("client pid")?;
+    let failed: Vec<&Value> = run
+        .of_kind("connect")
+        .filter(|e| e["errno"] == "EADDRNOTAVAIL")
+        .collect();
+    ensure!(failed.len() == 1, "{:#?}", run.events);
+    let e = failed[0];
+    ensure!(e["pid"] == client, "{e}");
+    ensure!(
+        e["daddr"] == addr && e["dport"] == 5432 && e["ret"] == -99,
+        "{e}"
+    );
+    let ok = run
+        .of_kind("connect")
+        .filter(|e| e["ret"] == 0 && e["pid"] == client)
+        .count();
+    ensure!(ok == 5, "five successful connects expected, saw {ok}");
+    let summary = run.summary().context("summary")?;
+    ensure!(
+        summary["ephemeral_range"]["low"] == 40000 && summary["ephemeral_range"]["high"] == 40004,
+        "{summary}"
+    );
+    let p = summary["processes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pid"] == client))
+        .context("client in summary")?;
+    ensure!(p["connect_failures"]["EADDRNOTAVAIL"] == 1, "{p}");
+    Ok(())
+}
+
+#[test]
+fn exhausted_port_range_reports_eaddrnotavail_ipv4() -> Result<()> {
+    exhaustion("127.0.0.1")
+}
+
+#[test]
+fn exhausted_port_range_reports_eaddrnotavail_ipv6() -> Result<()> {
+    exhaustion("::1")
+}
+
+#[test]
+fn tiny_ring_under_a_burst_reports_lost_events() -> Result<()> {
+    skip_unless_kernel!();
+    let py = r#"
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 9000)); srv.listen(1024)
+for _ in range(400):
+    c = socket.create_connection(("127.0.0.1", 9000)); s, _ = srv.accept(); c.close(); s.close()
+"#;
+    let run = traced_run(
+        "",
+        &[
+            "--port",
+            "9000",
+            "--ring-bytes",
+            "4096",
+            "--stall-reader-ms",
+            "2000",
+        ],
+        py,
+    )?;
+    check_clean_exit(&run)?;
+    let lost_events: u64 = run.of_kind("lost").filter_map(|e| e["lost"].as_u64()).sum();
+    let summary = run.summary().context("summary")?;
+    let total = summary["lost"].as_u64().context("lost total")?;
+    ensure!(
+        total > 0,
+        "a 4 KiB ring under 400 connections must overflow: {summary}"
+    );
+    ensure!(
+        lost_events == total,
+        "lost events {lost_events} vs summary {total}"
+    );
+    // What did arrive is intact and decoded.
+    ensure!(run.of_kind("state").count() > 0, "some events survive");
+    Ok(())
+}
+
+#[test]
+fn attached_line_names_the_mechanism_for_each_kind_of_event() -> Result<()> {
+    skip_unless_kernel!();
+    let run = traced_run("", &["--port", "1"], "pass\n")?;
+    check_clean_exit(&run)?;
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("portwatch: attached"))
+        .context("attached line")?;
+    for what in [
+        "state=tracepoint sock:inet_sock_set_state",
+        "timewait=",
+        "bind=",
+        "connect=",
+    ] {
+        ensure!(line.contains(what), "{what} missing from: {line}");
+    }
+    // Which variant serves bind must follow what this kernel offers.
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    if !kprobes {
+        ensure!(
+            !line.contains("kprobe"),
+            "no kprobes on this kernel: {line}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn pid_filter_runs_in_the_kernel_and_keeps_other_processes_out() -> Result<()> {
+    skip_unless_kernel!();
+    // The filter needs the pid before tracing starts: trace this shell's
+    // next child by pid is racy, so filter on a pid that never exists and
+    // check that nothing but the summary comes out while traffic flows.
+    let py = r#"
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 7000)); srv.listen()
+for _ in range(3):
+    c = socket.create_connection(("127.0.0.1", 7000)); s, _ = srv.accept(); c.close(); s.close()
+"#;
+    let filtered = traced_run("", &["--pid", "4000000", "--port", "7000"], py)?;
+    check_clean_exit(&filtered)?;
+    let unfiltered = traced_run("", &["--port", "7000"], py)?;
+    check_clean_exit(&unfiltered)?;
+    ensure!(
+        unfiltered.events.len() > 10,
+        "traffic is seen without --pid"
+    );
+    ensure!(
+        filtered.events.iter().all(|e| e["event"] == "summary"),
+        "{:#?}",
+        filtered.events
+    );
+    Ok(())
+}
+
+#[test]
+fn unprivileged_run_says_which_privileges_are_missing() -> Result<()> {
+    skip_unless_kernel!();
+    let (code, stderr) = run_portwatch(&["trace", "--duration", "1"], true)?;
+    ensure!(code != 0, "must fail without privileges");
+    ensure!(
+        stderr.contains("CAP_BPF") && stderr.contains("sudo"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+fn check_clean_exit(run: &Run) -> Result<()> {
+    ensure!(
+        run.exit_code == 0,
+        "portwatch exited {}: {}",
+        run.exit_code,
+        run.stderr
+    );
+    ensure!(run.summary().is_some(), "no summary: {}", run.stderr);
+    Ok(())
+}
