@@ -154,10 +154,13 @@ impl SockDiag {
     /// Exact lookup of one TCP socket by its 4-tuple (local `saddr:sport`,
     /// remote `daddr:dport`), using the kernel's single-socket query.
     ///
-    /// Cheap compared with a dump, and it searches the established, TIME_WAIT
-    /// and listening hashes (a listener matches any remote). Returns
-    /// `Ok(None)` when the kernel answers `ENOENT`. Mixed IPv4/IPv6 tuples are
-    /// looked up as IPv4-mapped IPv6 addresses.
+    /// Cheap compared with a dump, and it searches the established and
+    /// TIME_WAIT hashes. Returns `Ok(None)` when the kernel answers `ENOENT`.
+    /// The kernel falls back to a listener on the local port for any remote;
+    /// that answer is dropped (`None`) unless the caller asked for the
+    /// listener itself (unspecified `daddr`, `dport` 0), so a closed
+    /// connection is never mistaken for its server's LISTEN socket. Mixed
+    /// IPv4/IPv6 tuples are looked up as IPv4-mapped IPv6 addresses.
     pub fn tcp_lookup(
         &mut self,
         saddr: IpAddr,
@@ -190,7 +193,14 @@ impl SockDiag {
         };
         let mut out = Vec::new();
         match self.exchange(&req, &mut out) {
-            Ok(()) => Ok(out.pop()),
+            Ok(()) => Ok(out.pop().filter(|e| {
+                // The remote must match exactly; the local address may differ
+                // only for a wildcard-bound listener.
+                e.sport == sport
+                    && e.dport == dport
+                    && to_v6(e.daddr) == to_v6(daddr)
+                    && (to_v6(e.saddr) == to_v6(saddr) || e.saddr.is_unspecified())
+            })),
             Err(SockDiagError::Kernel { source, .. })
                 if source.raw_os_error() == Some(libc::ENOENT) =>
             {
@@ -255,7 +265,7 @@ impl SockDiag {
                     .map_err(|e| SockDiagError::Netlink(format!("bad netlink header: {e}")))?;
                 let msg_len = nl.length() as usize;
                 let align = usize::from(NLMSG_ALIGNTO);
-                offset += (msg_len + align - 1) / align * align;
+                offset += msg_len.next_multiple_of(align);
                 if nl.sequence_number() != seq {
                     // Leftover from an earlier, abandoned request.
                     continue;
@@ -459,8 +469,8 @@ mod tests {
             assert_eq!(e.uid, unsafe { libc::geteuid() });
             assert!(e.daddr.is_unspecified());
             assert_eq!(e.dport, 0);
-            // std sets no IPV6_V6ONLY, so the kernel default (0) applies.
-            assert!(!e.ipv6_only);
+            // The kernel sets v6only when binding a specific IPv6 address.
+            assert_eq!(e.ipv6_only, e.saddr.is_ipv6());
             assert_eq!(e.saddr.is_ipv4(), bind.starts_with("127"));
         }
     }
@@ -534,23 +544,45 @@ mod tests {
         assert_eq!(e.inode, inode_of(&client));
         assert!(e.saddr.is_ipv6());
 
-        // Turn on IPV6_V6ONLY on an unbound-then-bound v6 UDP socket.
-        let u = UdpSocket::bind("[::1]:0").unwrap();
-        let one: libc::c_int = 1;
+        // Binding a specific IPv6 address makes the kernel set v6only; a
+        // wildcard bind keeps the sysctl default (0 unless bindv6only=1).
+        // Compare with what getsockopt says, for both kinds.
+        for bind in ["[::1]:0", "[::]:0"] {
+            let u = UdpSocket::bind(bind).unwrap();
+            let local = u.local_addr().unwrap();
+            let entries = sd.sockets_on_port(local.port()).unwrap();
+            let hit = find(&entries, Proto::Udp, local);
+            assert_eq!(hit.len(), 1, "{bind}: {entries:?}");
+            assert_eq!(hit[0].ipv6_only, v6only(&u), "{bind}");
+        }
+        assert!(v6only(&l));
+        let lis = sd
+            .tcp_lookup(
+                l.local_addr().unwrap().ip(),
+                l.local_addr().unwrap().port(),
+                Ipv6Addr::UNSPECIFIED.into(),
+                0,
+            )
+            .unwrap()
+            .expect("listener found");
+        assert_eq!(lis.state, LISTEN);
+        assert!(lis.ipv6_only);
+    }
+
+    fn v6only(fd: &impl AsRawFd) -> bool {
+        let mut val: libc::c_int = -1;
+        let mut len = std::mem::size_of_val(&val) as libc::socklen_t;
         let rc = unsafe {
-            libc::setsockopt(
-                u.as_raw_fd(),
+            libc::getsockopt(
+                fd.as_raw_fd(),
                 libc::IPPROTO_IPV6,
                 libc::IPV6_V6ONLY,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of_val(&one) as libc::socklen_t,
+                &mut val as *mut _ as *mut libc::c_void,
+                &mut len,
             )
         };
         assert_eq!(rc, 0);
-        let entries = sd.sockets_on_port(u.local_addr().unwrap().port()).unwrap();
-        let hit = find(&entries, Proto::Udp, u.local_addr().unwrap());
-        assert_eq!(hit.len(), 1);
-        assert!(hit[0].ipv6_only);
+        val != 0
     }
 
     #[test]
@@ -628,6 +660,19 @@ mod tests {
         assert_eq!(
             sd.tcp_lookup(lo.ip(), lo.port(), other, pe.port()).unwrap(),
             None
+        );
+        // The listener's port with an unknown remote: the kernel answers with
+        // the listener, which is not the requested connection.
+        let la = l.local_addr().unwrap();
+        assert_eq!(
+            sd.tcp_lookup(la.ip(), la.port(), other, 4444).unwrap(),
+            None
+        );
+        let unspec = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let lis = sd.tcp_lookup(la.ip(), la.port(), unspec, 0).unwrap();
+        assert_eq!(
+            lis.map(|e| (e.state, e.inode)),
+            Some((LISTEN, inode_of(&l)))
         );
         // And the socket is still usable after an error reply.
         assert!(sd
