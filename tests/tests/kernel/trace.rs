@@ -1,5 +1,5 @@
-//! Kernel tests: real eBPF programs, real sockets, one network namespace per
-//! test. Run one at a time (`cargo xtask test` passes --test-threads=1).
+//! `portwatch trace` against real sockets.
+
 
 use anyhow::{ensure, Context, Result};
 use integration_tests::{run_portwatch, skip_unless_kernel, traced_run, Run};

@@ -1,0 +1,5 @@
+//! Kernel tests: one test binary, one module per area. Every test that loads
+//! eBPF programs runs in its own network namespace; run them one at a time
+//! (`cargo xtask test` passes --test-threads=1).
+
+mod trace;
