@@ -1,6 +1,5 @@
 //! `portwatch trace` against real sockets.
 
-
 use anyhow::{ensure, Context, Result};
 use integration_tests::{run_portwatch, skip_unless_kernel, traced_run, Run};
 use serde_json::Value;
