@@ -27,7 +27,7 @@ pub struct ProcStats {
 }
 
 /// The local port range outgoing connections draw from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PortRange {
     pub low: u16,
     pub high: u16,
@@ -238,4 +238,83 @@ pub struct Summary {
     pub ephemeral_range: Option<PortRange>,
     pub timewait_destinations: Vec<DestSummary>,
     pub processes: Vec<ProcSummary>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i128 = 1_000_000_000;
+
+    fn tw(time: i128, pid: u32, dport: u16) -> Event {
+        let mut ev = Event::new(time, EventKind::Timewait);
+        ev.pid = Some(pid);
+        ev.comm = Some("client".into());
+        ev.daddr = Some("10.0.0.9".parse().expect("ip"));
+        ev.dport = Some(dport);
+        ev
+    }
+
+    #[test]
+    fn timewait_pressure_counts_only_the_last_sixty_seconds() {
+        let mut agg = Aggregator::new(Some(PortRange {
+            low: 40000,
+            high: 40009,
+        }));
+        for t in 0..4 {
+            agg.add(&tw(t * S, 1, 80));
+        }
+        agg.add(&tw(30 * S, 2, 443));
+        let s = agg.summary(59 * S);
+        assert_eq!(s.timewait_destinations[0].timewait_active, 4);
+        assert_eq!(s.timewait_destinations[0].pressure, Some(0.4));
+        // At 62 s the first three have left TIME_WAIT.
+        let s = agg.summary(62 * S);
+        let d80 = s
+            .timewait_destinations
+            .iter()
+            .find(|d| d.dport == 80)
+            .expect("80");
+        assert_eq!(d80.timewait_active, 1);
+        // Totals per process never expire.
+        let p1 = s
+            .processes
+            .iter()
+            .find(|p| p.pid == Some(1))
+            .expect("pid 1");
+        assert_eq!(p1.timewait, 4);
+        assert_eq!(s.processes[0].pid, Some(1), "most TIME_WAIT first");
+    }
+
+    #[test]
+    fn failures_are_counted_by_errno_and_port_and_einprogress_is_not_one() {
+        let mut agg = Aggregator::new(None);
+        let mut c = Event::new(0, EventKind::Connect);
+        c.pid = Some(3);
+        c.set_ret(-99);
+        agg.add(&c);
+        c.set_ret(-115);
+        agg.add(&c);
+        let mut b = Event::new(0, EventKind::Bind);
+        b.pid = Some(3);
+        b.sport = Some(1433);
+        b.set_ret(-98);
+        agg.add(&b);
+        agg.add(&b);
+        agg.add(&Event::lost(1, 7));
+        let s = agg.summary(2);
+        let p = &s.processes[0];
+        assert_eq!(p.connect_failures.get("EADDRNOTAVAIL"), Some(&1));
+        assert_eq!(p.connect_failures.len(), 1);
+        assert_eq!(
+            p.bind_failures,
+            vec![BindFailure {
+                errno: "EADDRINUSE".into(),
+                port: 1433,
+                count: 2
+            }]
+        );
+        assert_eq!(s.lost, 7);
+        assert_eq!(s.events, 4);
+    }
 }

@@ -52,17 +52,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 fn replay(args: &TraceArgs, path: &std::path::Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot open the recording {}", path.display()))?;
-    let events = crate::source::replay::read(io::BufReader::new(file))
+    let recording = crate::source::replay::read(io::BufReader::new(file))
         .with_context(|| format!("cannot replay {}", path.display()))?;
     let mut pipeline = Pipeline::new(
         Attributor::new(Offline, Offline),
         filter(args),
-        None,
+        recording.range,
         sink(args),
     )
     .quiet(args.summary_only);
     let mut last = 0;
-    for ev in &events {
+    for ev in &recording.events {
         last = last.max(ev.time);
         if !quiet_on_broken_pipe(pipeline.emit(ev))? {
             return Ok(());

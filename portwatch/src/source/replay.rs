@@ -3,6 +3,9 @@
 
 use std::io::BufRead;
 
+use serde::Deserialize;
+
+use crate::aggregate::PortRange;
 use crate::model::Event;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,20 +19,39 @@ pub enum ReplayError {
     },
 }
 
-/// The recorded events, in order. Summary lines are skipped: replay makes its own.
-pub fn read(input: impl BufRead) -> Result<Vec<Event>, ReplayError> {
-    let mut out = Vec::new();
+/// A recording: its events in order, and the ephemeral port range of the
+/// machine it was made on (from its summary line), for capacity figures.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub events: Vec<Event>,
+    pub range: Option<PortRange>,
+}
+
+#[derive(Deserialize)]
+struct RecordedSummary {
+    ephemeral_range: Option<PortRange>,
+}
+
+/// Reads a recording. Summary lines are not replayed: replay makes its own.
+pub fn read(input: impl BufRead) -> Result<Recording, ReplayError> {
+    let mut out = Recording::default();
     for (i, line) in input.lines().enumerate() {
         let line = line?;
         let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.contains("\"event\":\"summary\"") {
+        if trimmed.is_empty() {
+            continue;
+        }
+        if trimmed.contains("\"event\":\"summary\"") {
+            if let Ok(s) = serde_json::from_str::<RecordedSummary>(trimmed) {
+                out.range = out.range.or(s.ephemeral_range);
+            }
             continue;
         }
         let ev: Event = serde_json::from_str(trimmed).map_err(|source| ReplayError::Parse {
             line: i + 1,
             source,
         })?;
-        out.push(ev);
+        out.events.push(ev);
     }
     Ok(out)
 }
