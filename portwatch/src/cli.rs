@@ -19,6 +19,22 @@ pub enum Command {
     /// processes, then print a per-process summary on exit (Ctrl-C, SIGTERM
     /// or --duration). Needs root, or CAP_BPF and CAP_PERFMON.
     Trace(TraceArgs),
+    /// Every socket on a port right now, TCP and UDP, IPv4 and IPv6, in every
+    /// state including TIME_WAIT, with the owning process, user, command line
+    /// and systemd unit or container. Works without root (owners of other
+    /// users' sockets are then hidden).
+    Who(WhoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WhoArgs {
+    /// The local port to look up.
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+
+    /// Write one JSON object: {"port": N, "sockets": [...], "missing": ...}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -125,7 +141,9 @@ mod tests {
             "--json",
         ])
         .expect("valid");
-        let Command::Trace(t) = cli.command;
+        let Command::Trace(t) = cli.command else {
+            panic!("trace expected")
+        };
         assert_eq!(t.ports, vec![1433, 80]);
         assert!(t.json);
         assert!(Cli::try_parse_from(["portwatch", "trace", "--port", "0"]).is_err());
@@ -133,7 +151,9 @@ mod tests {
         assert!(Cli::try_parse_from(["portwatch", "trace", "--duration", "-1"]).is_err());
         assert!(Cli::try_parse_from(["portwatch", "trace", "--ring-bytes", "5000"]).is_err());
         let ok = Cli::try_parse_from(["portwatch", "trace", "--duration", "1.5"]).expect("valid");
-        let Command::Trace(t) = ok.command;
+        let Command::Trace(t) = ok.command else {
+            panic!("trace expected")
+        };
         assert_eq!(t.duration, Some(std::time::Duration::from_millis(1500)));
     }
 }

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => portwatch::cmd::trace::run(args).await,
+            Command::Who(args) => portwatch::cmd::who::run(args),
         }
     });
     match result {

@@ -145,6 +145,31 @@ pub fn cgroup_path(proc_cgroup: &str) -> Option<String> {
     fallback
 }
 
+/// The systemd unit or container a cgroup path belongs to: the innermost
+/// `*.service`/`*.scope` component, or a container id under docker, podman
+/// (libpod) or kubepods.
+pub fn unit_from_cgroup(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, p) in parts.iter().enumerate().rev() {
+        for prefix in ["docker-", "libpod-", "cri-containerd-", "crio-"] {
+            if let Some(id) = p
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(".scope"))
+            {
+                let short: String = id.chars().take(12).collect();
+                return Some(format!("container {short}"));
+            }
+        }
+        if i > 0 && parts[i - 1] == "docker" && p.len() >= 12 {
+            return Some(format!("container {}", &p[..12]));
+        }
+        if p.ends_with(".service") || p.ends_with(".scope") {
+            return Some((*p).to_owned());
+        }
+    }
+    None
+}
+
 /// net.ipv4.ip_local_port_range of this network namespace.
 pub fn ephemeral_range() -> Option<PortRange> {
     let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
@@ -169,6 +194,27 @@ mod tests {
         let v1 = "3:cpu:/a\n1:name=systemd:/system.slice/x.service\n";
         assert_eq!(cgroup_path(v1).as_deref(), Some("/system.slice/x.service"));
         assert_eq!(cgroup_path(""), None);
+    }
+
+    #[test]
+    fn names_units_and_containers() {
+        assert_eq!(
+            unit_from_cgroup("/system.slice/mssql-server.service").as_deref(),
+            Some("mssql-server.service")
+        );
+        assert_eq!(
+            unit_from_cgroup("/system.slice/docker-0123456789abcdef0123.scope").as_deref(),
+            Some("container 0123456789ab")
+        );
+        assert_eq!(
+            unit_from_cgroup("/docker/fedcba9876543210aa").as_deref(),
+            Some("container fedcba987654")
+        );
+        assert_eq!(
+            unit_from_cgroup("/user.slice/user-1000.slice/session-3.scope").as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(unit_from_cgroup("/"), None);
     }
 
     #[test]

@@ -189,3 +189,30 @@ pub fn run_portwatch(args: &[&str], as_nobody: bool) -> Result<(i32, String)> {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+/// Runs a bash `script` in a fresh network namespace (lo up) with `$PW` set
+/// to the portwatch binary and `$D` to a temp dir holding `files`; returns
+/// its stdout, failing with its stderr if it fails.
+pub fn netns_script(script: &str, files: &[(&str, &str)]) -> Result<String> {
+    let bin = portwatch_bin()?;
+    let dir = tempfile::tempdir().context("temp dir")?;
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content)?;
+    }
+    let full = format!("set -eu\nip link set lo up\n{script}");
+    let out = Command::new("unshare")
+        .args(["--net", "--", "bash", "-c", &full])
+        .env("PW", &bin)
+        .env("D", dir.path())
+        .output()
+        .context("running unshare (util-linux)")?;
+    if !out.status.success() {
+        bail!(
+            "script failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,3 +1,5 @@
 //! One module per subcommand.
 
 pub mod trace;
+#[cfg(target_os = "linux")]
+pub mod who;

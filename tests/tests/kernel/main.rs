@@ -3,3 +3,4 @@
 //! (`cargo xtask test` passes --test-threads=1).
 
 mod trace;
+mod who;

@@ -1,0 +1,110 @@
+//! `portwatch who` against real sockets, compared with `ss`.
+
+use anyhow::{ensure, Context, Result};
+use integration_tests::{netns_script, skip_unless_kernel};
+use serde_json::Value;
+
+const SOCKETS_PY: &str = r#"
+import os, socket, sys, time
+lst = socket.socket(); lst.bind(("0.0.0.0", 1433)); lst.listen(16)
+udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); udp.bind(("::", 1433))
+# Two connections the server closes first: TIME_WAIT on local port 1433.
+for _ in range(2):
+    c = socket.create_connection(("127.0.0.1", 1433)); s, _ = lst.accept(); s.close(); c.recv(1); c.close()
+# One that stays established.
+keep = socket.create_connection(("127.0.0.1", 1433)); kept, _ = lst.accept()
+print(os.getpid(), flush=True)
+sys.stdout.close()
+time.sleep(30)
+"#;
+
+#[test]
+fn who_lists_every_socket_on_the_port_like_ss_with_owners() -> Result<()> {
+    skip_unless_kernel!();
+    let out = netns_script(
+        r#"
+python3 "$D/sockets.py" >"$D/pid" &
+for _ in $(seq 1 100); do [ -s "$D/pid" ] && break; sleep 0.05; done
+echo "PID=$(cat "$D/pid")"
+echo "SS_BEGIN"; ss -tuanH sport = :1433; echo "SS_END"
+"$PW" who 1433 --json
+"$PW" who 1433 > "$D/text"; echo "TEXT_LINES=$(wc -l < "$D/text")"
+kill %1
+"#,
+        &[("sockets.py", SOCKETS_PY)],
+    )?;
+    let pid: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("PID="))
+        .and_then(|p| p.trim().parse().ok())
+        .context("pid")?;
+    let ss: Vec<&str> = out
+        .split("SS_BEGIN")
+        .nth(1)
+        .and_then(|s| s.split("SS_END").next())
+        .context("ss output")?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let json_line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .context("who json")?;
+    let report: Value = serde_json::from_str(json_line)?;
+    let sockets = report["sockets"].as_array().context("sockets")?;
+    ensure!(
+        sockets.len() == ss.len(),
+        "who found {} sockets, ss {}:\n{}\n{report:#}",
+        sockets.len(),
+        ss.len(),
+        ss.join("\n")
+    );
+    ensure!(
+        sockets.len() == 5,
+        "LISTEN + UDP + 2 TIME_WAIT + ESTABLISHED: {report:#}"
+    );
+    let count = |state: &str| sockets.iter().filter(|s| s["state"] == state).count();
+    let ss_count = |state: &str| ss.iter().filter(|l| l.contains(state)).count();
+    ensure!(
+        count("TIME_WAIT") == 2 && ss_count("TIME-WAIT") == 2,
+        "{report:#}"
+    );
+    ensure!(count("LISTEN") == 1 && ss_count("LISTEN") == 1);
+    ensure!(count("ESTABLISHED") == 1 && ss_count("ESTAB") == 1);
+    ensure!(count("UNCONN") == 1 && ss_count("UNCONN") == 1);
+    for s in sockets {
+        if s["state"] == "TIME_WAIT" {
+            ensure!(
+                s["pid"].is_null() && s["no_owner"].as_str().is_some(),
+                "{s}"
+            );
+        } else {
+            ensure!(
+                s["pid"] == pid && s["comm"] == "python3" && s["user"] == "root",
+                "{s}"
+            );
+            ensure!(
+                s["cmdline"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("sockets.py")),
+                "{s}"
+            );
+        }
+    }
+    ensure!(
+        sockets[0]["state"] == "LISTEN"
+            && sockets[0]["protocol"] == "tcp"
+            && sockets[0]["family"] == "ipv4",
+        "{report:#}"
+    );
+    ensure!(out.contains("TEXT_LINES=6"), "header + 5 sockets:\n{out}");
+    Ok(())
+}
+
+#[test]
+fn who_on_a_free_port_says_nothing_is_bound() -> Result<()> {
+    skip_unless_kernel!();
+    let out = netns_script(r#""$PW" who 4242"#, &[])?;
+    ensure!(out.contains("nothing is bound to port 4242"), "{out}");
+    Ok(())
+}
