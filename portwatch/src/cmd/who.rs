@@ -193,8 +193,8 @@ pub fn write_text(r: &WhoReport, out: &mut impl Write) -> io::Result<()> {
     } else {
         writeln!(
             out,
-            "{:<5} {:<11} {:<28} {:<28} {:>7} {:<15} {:<10} {}",
-            "PROTO", "STATE", "LOCAL", "REMOTE", "PID", "COMM", "USER", "UNIT / COMMAND"
+            "{:<5} {:<11} {:<28} {:<28} {:>7} {:<15} {:<10} UNIT / COMMAND",
+            "PROTO", "STATE", "LOCAL", "REMOTE", "PID", "COMM", "USER"
         )?;
         for s in &r.sockets {
             let who = match (&s.unit, &s.cmdline) {
