@@ -212,8 +212,9 @@ impl<W: Write> Sink for TextSink<W> {
             )?;
         }
         for d in s.timewait_destinations.iter().take(10) {
-            let pct = d.pressure.map_or(String::new(), |p| {
-                format!(" = {:.1}% of the range", p * 100.0)
+            let pct = d.pressure.map_or(String::new(), |p| match p * 100.0 {
+                x if x > 0.0 && x < 0.1 => " = <0.1% of the range".to_owned(),
+                x => format!(" = {x:.1}% of the range"),
             });
             writeln!(
                 self.out,
