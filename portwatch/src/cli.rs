@@ -24,6 +24,37 @@ pub enum Command {
     /// and systemd unit or container. Works without root (owners of other
     /// users' sockets are then hidden).
     Who(WhoArgs),
+    /// Install and enable the systemd unit that runs `portwatch record` at
+    /// boot, before the network and ordinary services start.
+    InstallService(InstallServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallServiceArgs {
+    /// Print the unit and the systemctl commands instead of running them.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also start the recorder now.
+    #[arg(long)]
+    pub now: bool,
+
+    /// The journal folder the recorder writes.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/portwatch")]
+    pub journal: PathBuf,
+
+    /// The portwatch binary the unit runs (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+
+    /// Where to write the unit.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/etc/systemd/system",
+        hide = true
+    )]
+    pub unit_dir: String,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => portwatch::cmd::trace::run(args).await,
             Command::Who(args) => portwatch::cmd::who::run(args),
+            Command::InstallService(args) => portwatch::cmd::install_service::run(args),
         }
     });
     match result {

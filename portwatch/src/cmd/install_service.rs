@@ -1,0 +1,102 @@
+//! `portwatch install-service`: installs and enables the boot-time recorder.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::cli::InstallServiceArgs;
+
+/// The unit in the repository (dist/), with ExecStart filled in at install.
+pub const UNIT_TEMPLATE: &str = include_str!("../../../dist/portwatch-record.service");
+pub const UNIT_NAME: &str = "portwatch-record.service";
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// The unit text for this binary and journal folder.
+pub fn render_unit(exe: &Path, journal: &Path) -> String {
+    UNIT_TEMPLATE
+        .lines()
+        .map(|l| {
+            if l.starts_with("ExecStart=") {
+                format!(
+                    "ExecStart={} record --journal {}",
+                    exe.display(),
+                    journal.display()
+                )
+            } else if l.starts_with("RequiresMountsFor=") {
+                format!("RequiresMountsFor={}", journal.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .context("cannot run systemctl: is this a systemd machine?")?;
+    if !status.success() {
+        bail!("`systemctl {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn run(args: InstallServiceArgs) -> anyhow::Result<()> {
+    let exe = match &args.binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("cannot find this portwatch binary's path")?,
+    };
+    if exe.starts_with("/tmp") || exe.components().any(|c| c.as_os_str() == "target") {
+        eprintln!(
+            "portwatch: warning: the unit will run {} — a build folder; copy portwatch to /usr/local/bin and install from there, or pass --binary",
+            exe.display()
+        );
+    }
+    let unit = render_unit(&exe, &args.journal);
+    let path = PathBuf::from(&args.unit_dir).join(UNIT_NAME);
+    let mut enable = vec!["enable"];
+    if args.now {
+        enable.push("--now");
+    }
+    enable.push(UNIT_NAME);
+    if args.dry_run {
+        println!("would write {}:", path.display());
+        print!("{unit}");
+        println!("would run: systemctl daemon-reload");
+        println!("would run: systemctl {}", enable.join(" "));
+        return Ok(());
+    }
+    if !crate::source::linux::capabilities().is_root() {
+        bail!("installing a systemd unit needs root: run `sudo portwatch install-service` (or add --dry-run to see what it would do)");
+    }
+    std::fs::write(&path, &unit).with_context(|| format!("cannot write {}", path.display()))?;
+    systemctl(&["daemon-reload"])?;
+    systemctl(&enable)?;
+    println!(
+        "installed {} and enabled it: the recorder starts at the next boot{}; query it with `portwatch history --journal {}`",
+        path.display(),
+        if args.now { " and is running now" } else { " (add --now to start it at once)" },
+        args.journal.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_starts_before_the_network_and_runs_this_binary() {
+        let unit = render_unit(Path::new("/opt/pw/portwatch"), Path::new("/srv/pwj"));
+        assert!(unit.contains("\nExecStart=/opt/pw/portwatch record --journal /srv/pwj\n"));
+        assert!(unit.contains("\nRequiresMountsFor=/srv/pwj\n"));
+        assert!(unit.contains("\nDefaultDependencies=no\n"));
+        assert!(unit.contains("Before=network-pre.target"));
+        assert!(unit.contains("\nType=notify\n"));
+        assert_eq!(unit.matches("ExecStart=").count(), 1);
+    }
+}
