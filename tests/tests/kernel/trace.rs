@@ -181,7 +181,7 @@ fn timewait_is_charged_to_the_server_that_closes_first_ipv6() -> Result<()> {
     timewait("::1", "server")
 }
 
-/// Five ephemeral ports; the sixth concurrent connection must fail.
+/// Five ephemeral ports; a concurrent connection past them must fail.
 fn exhaustion(addr: &str) -> Result<()> {
     skip_unless_kernel!();
     let py = format!(
@@ -197,6 +197,7 @@ for i in range(6):
         c.connect(("{addr}", 5432)); conns.append(c)
     except OSError as e:
         print("FAILED_AT=%d" % (i + 1)); print("ERR=%d" % e.errno)
+        break
 print("OK=%d" % len(conns), flush=True)
 "#
     );
@@ -206,8 +207,11 @@ print("OK=%d" % len(conns), flush=True)
         &py,
     )?;
     check_clean_exit(&run)?;
+    // connect() scans an even number of ports (__inet_hash_connect rounds
+    // the range size down), so from a random offset it finds 4 or 5 of the 5.
+    let failed_at = run.var("FAILED_AT").context("a connect must fail")?;
     ensure!(
-        run.var("FAILED_AT") == Some(6),
+        failed_at == 5 || failed_at == 6,
         "workload: {}",
         run.workload
     );
@@ -228,7 +232,11 @@ print("OK=%d" % len(conns), flush=True)
         .of_kind("connect")
         .filter(|e| e["ret"] == 0 && e["pid"] == client)
         .count();
-    ensure!(ok == 5, "five successful connects expected, saw {ok}");
+    ensure!(
+        ok as u64 == failed_at - 1,
+        "{} successful connects expected, saw {ok}",
+        failed_at - 1
+    );
     let summary = run.summary().context("summary")?;
     ensure!(
         summary["ephemeral_range"]["low"] == 40000 && summary["ephemeral_range"]["high"] == 40004,
