@@ -17,6 +17,8 @@ pub mod source;
 pub mod timefmt;
 
 #[cfg(target_os = "linux")]
+pub mod journal;
+#[cfg(target_os = "linux")]
 pub mod procfd;
 #[cfg(target_os = "linux")]
 pub mod sockdiag;
