@@ -24,9 +24,121 @@ pub enum Command {
     /// and systemd unit or container. Works without root (owners of other
     /// users' sockets are then hidden).
     Who(WhoArgs),
+    /// Record port ownership to a crash-safe journal until stopped: binds,
+    /// listens, the local port of each outgoing connection, closes and
+    /// failures, with boot id and process identity. Meant to run from boot
+    /// (see install-service); `history` queries what it wrote.
+    Record(RecordArgs),
+    /// Query the recorder's journal: which process took a port, when, and how.
+    /// Example: `portwatch history --port 1433 --boot 0 --first`.
+    History(HistoryArgs),
     /// Install and enable the systemd unit that runs `portwatch record` at
     /// boot, before the network and ordinary services start.
     InstallService(InstallServiceArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum FsyncChoice {
+    /// fdatasync after every record: power loss loses nothing written.
+    Always,
+    /// fdatasync at most once a second: power loss loses up to a second.
+    #[default]
+    Interval,
+    /// Leave it to the kernel's writeback (about 30 s).
+    Never,
+}
+
+impl FsyncChoice {
+    pub fn policy(self) -> crate::journal::FsyncPolicy {
+        match self {
+            FsyncChoice::Always => crate::journal::FsyncPolicy::Always,
+            FsyncChoice::Interval => {
+                crate::journal::FsyncPolicy::Interval(std::time::Duration::from_secs(1))
+            }
+            FsyncChoice::Never => crate::journal::FsyncPolicy::Never,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The journal folder (created 0700; segments are 0600).
+    #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR)]
+    pub journal: PathBuf,
+
+    /// Cap on the journal's total size; the oldest segments are deleted to
+    /// stay under it. Accepts K, M and G suffixes (MiB-style).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub max_size: u64,
+
+    /// When records are forced to disk.
+    #[arg(long, value_enum, default_value_t)]
+    pub fsync: FsyncChoice,
+
+    /// Stop after this many seconds (default: until SIGTERM or Ctrl-C).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The journal folder `portwatch record` writes.
+    #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR)]
+    pub journal: PathBuf,
+
+    /// Only records with this port at either end (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Only records of this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only records of processes with this command name.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only this boot: 0 = the current one, -1 = the one before, or a boot id
+    /// (or its prefix) from --list-boots.
+    #[arg(long, value_name = "BOOT", allow_hyphen_values = true)]
+    pub boot: Option<String>,
+
+    /// Only records at or after this time: RFC 3339 or a duration ago (15m, 2h, 3d).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+
+    /// Only records at or before this time: RFC 3339 or a duration ago.
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+
+    /// Print only the first record that took the --port given (by bind,
+    /// listen, or as the ephemeral port of an outgoing connection), and how.
+    #[arg(long)]
+    pub first: bool,
+
+    /// List the boots the journal covers, with their offsets for --boot.
+    #[arg(long)]
+    pub list_boots: bool,
+
+    /// JSON Lines with the trace schema's names plus boot_id and mono_ns.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64M"))?;
+    n.checked_mul(mult)
+        .filter(|v| *v >= 1 << 20)
+        .ok_or_else(|| format!("journal size {s} must be at least 1M"))
 }
 
 #[derive(Debug, Args)]

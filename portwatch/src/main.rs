@@ -23,6 +23,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => portwatch::cmd::trace::run(args).await,
             Command::Who(args) => portwatch::cmd::who::run(args),
+            Command::Record(args) => portwatch::cmd::record::run(args).await,
+            Command::History(args) => portwatch::cmd::history::run(args),
             Command::InstallService(args) => portwatch::cmd::install_service::run(args),
         }
     });

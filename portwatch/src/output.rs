@@ -51,6 +51,7 @@ pub struct TextSink<W: Write> {
     color: bool,
     offset: time::UtcOffset,
     header_done: bool,
+    dates: bool,
 }
 
 impl<W: Write> TextSink<W> {
@@ -60,7 +61,14 @@ impl<W: Write> TextSink<W> {
             color,
             offset: time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC),
             header_done: false,
+            dates: false,
         }
+    }
+
+    /// Print the date too: for records that span days and boots.
+    pub fn with_dates(mut self) -> Self {
+        self.dates = true;
+        self
     }
 
     /// Fixed offset, for reproducible output in tests.
@@ -75,6 +83,20 @@ impl<W: Write> TextSink<W> {
         } else {
             s.to_owned()
         }
+    }
+}
+
+/// One line, at most `max` characters: command lines can hold anything.
+pub fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > max {
+        let cut: String = flat.chars().take(max.saturating_sub(3)).collect();
+        format!("{cut}...")
+    } else {
+        flat
     }
 }
 
@@ -124,13 +146,22 @@ impl<W: Write> Sink for TextSink<W> {
         if !self.header_done {
             self.header_done = true;
             let h = format!(
-                "{:<12} {:>7} {:<15} {:<8} {:<45} {}",
-                "TIME", "PID", "COMM", "EVENT", "LOCAL -> REMOTE", "DETAIL"
+                "{:<w$} {:>7} {:<15} {:<8} {:<45} DETAIL",
+                "TIME",
+                "PID",
+                "COMM",
+                "EVENT",
+                "LOCAL -> REMOTE",
+                w = if self.dates { 23 } else { 12 }
             );
             let h = self.paint(Style::new().bold(), &h);
             writeln!(self.out, "{h}")?;
         }
-        let time = timefmt::clock_ms(ev.time, self.offset);
+        let time = if self.dates {
+            timefmt::date_ms(ev.time, self.offset)
+        } else {
+            timefmt::clock_ms(ev.time, self.offset)
+        };
         let pid = ev.pid.map_or("-".to_owned(), |p| p.to_string());
         let comm = ev.comm.clone().unwrap_or_else(|| "?".to_owned());
         let local = endpoint(ev.saddr, ev.sport);
@@ -159,7 +190,8 @@ impl<W: Write> Sink for TextSink<W> {
         };
         writeln!(
             self.out,
-            "{time:<12} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}"
+            "{time:<w$} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}",
+            w = if self.dates { 23 } else { 12 }
         )
     }
 

@@ -44,6 +44,23 @@ pub fn clock_ms(ns: i128, offset: time::UtcOffset) -> String {
     }
 }
 
+/// Local `YYYY-MM-DD HH:MM:SS.mmm`.
+pub fn date_ms(ns: i128, offset: time::UtcOffset) -> String {
+    match OffsetDateTime::from_unix_timestamp_nanos(ns) {
+        Ok(t) => {
+            let t = t.to_offset(offset);
+            format!(
+                "{:04}-{:02}-{:02} {}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                clock_ms(ns, offset)
+            )
+        }
+        Err(_) => "????-??-?? ??:??:??.???".to_owned(),
+    }
+}
+
 pub fn now_ns() -> i128 {
     OffsetDateTime::now_utc().unix_timestamp_nanos()
 }
@@ -71,5 +88,42 @@ mod tests {
         let s = format_ns(ns);
         assert_eq!(s, "2026-11-23T22:01:02.123456789Z");
         assert_eq!(parse_ns(&s).ok(), Some(ns));
+    }
+}
+
+/// A point in time given on the command line: RFC 3339
+/// (`2026-11-23T08:00:00Z`) or how long ago (`90s`, `15m`, `2h`, `3d`).
+pub fn parse_when(s: &str, now: i128) -> Result<i128, String> {
+    if let Ok(t) = parse_ns(s) {
+        return Ok(t);
+    }
+    let s = s.trim().trim_end_matches(" ago");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i128 = num.parse().map_err(|_| {
+        format!("`{s}` is neither RFC 3339 (2026-11-23T08:00:00Z) nor a duration like 15m, 2h, 3d")
+    })?;
+    let unit_ns: i128 = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`: use s, m, h or d")),
+    } * 1_000_000_000;
+    Ok(now - n * unit_ns)
+}
+
+#[cfg(test)]
+mod when_tests {
+    use super::*;
+
+    #[test]
+    fn accepts_rfc3339_and_relative_times() {
+        let now = 10_000 * 1_000_000_000;
+        assert_eq!(parse_when("15m", now), Ok(now - 900 * 1_000_000_000));
+        assert_eq!(parse_when("2h ago", now), Ok(now - 7200 * 1_000_000_000));
+        assert_eq!(parse_when("1970-01-01T00:00:01Z", now), Ok(1_000_000_000));
+        assert!(parse_when("yesterday", now).is_err());
+        assert!(parse_when("5w", now).is_err());
     }
 }

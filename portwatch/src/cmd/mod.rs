@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
+pub mod history;
 #[cfg(target_os = "linux")]
 pub mod install_service;
+#[cfg(target_os = "linux")]
+pub mod record;
 pub mod trace;
 #[cfg(target_os = "linux")]
 pub mod who;

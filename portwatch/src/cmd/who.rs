@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::attribution::ProcessLookup;
 use crate::cli::WhoArgs;
 use crate::model::{Family, Protocol, TcpState};
+use crate::output::one_line;
 use crate::procfd;
 use crate::sockdiag::{Proto, SockDiag, SocketEntry};
 use crate::system::{unit_from_cgroup, LiveProcesses};
@@ -159,20 +160,6 @@ pub fn report(
         missing: (unowned_unknown > 0).then(|| {
             format!("the owners of {unowned_unknown} sockets belong to other users: run `sudo portwatch who {port}` to see them")
         }),
-    }
-}
-
-/// One line, at most `max` characters: command lines can hold anything.
-fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if flat.chars().count() > max {
-        let cut: String = flat.chars().take(max.saturating_sub(3)).collect();
-        format!("{cut}...")
-    } else {
-        flat
     }
 }
 

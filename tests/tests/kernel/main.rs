@@ -2,5 +2,6 @@
 //! eBPF programs runs in its own network namespace; run them one at a time
 //! (`cargo xtask test` passes --test-threads=1).
 
+mod history;
 mod trace;
 mod who;

@@ -50,6 +50,11 @@ impl Clock {
     pub fn wall(&self, boot_ns: u64) -> i128 {
         boot_ns as i128 + self.offset
     }
+
+    /// The inverse of [`Clock::wall`]: CLOCK_BOOTTIME for a wall time.
+    pub fn boot_ns(&self, wall: i128) -> u64 {
+        u64::try_from(wall - self.offset).unwrap_or(0)
+    }
 }
 
 impl Default for Clock {

@@ -1,0 +1,167 @@
+//! `portwatch record`: the long-running recorder behind `history`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::attribution::Attributor;
+use crate::cli::RecordArgs;
+use crate::journal::{self, JournalConfig, JournalWriter, Record};
+use crate::model::{Event, EventKind, TcpState};
+use crate::source::linux::decode::Clock;
+use crate::source::linux::{CollectorConfig, LinuxCollector};
+use crate::system::{LiveProcesses, LiveSockets};
+
+/// What the journal keeps: how ports are taken (bind, listen, the local port
+/// of an outgoing connection), given back (close), and every failure. The
+/// intermediate states of a connection would only dilute it.
+pub fn journal_worthy(ev: &Event) -> bool {
+    match ev.event {
+        EventKind::Bind
+        | EventKind::Connect
+        | EventKind::Listen
+        | EventKind::Timewait
+        | EventKind::Lost => true,
+        EventKind::State => {
+            ev.new_state == Some(TcpState::Close)
+                || (ev.old_state == Some(TcpState::SynSent)
+                    && ev.new_state == Some(TcpState::Established))
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) that the recorder is attached.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot notify systemd: {e}");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = result {
+        log::warn!("cannot notify systemd: {e}");
+    }
+}
+
+pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let cfg = JournalConfig {
+        max_total_bytes: args.max_size,
+        fsync: args.fsync.policy(),
+        ..JournalConfig::default()
+    };
+    let mut writer = JournalWriter::open(&args.journal, cfg)
+        .with_context(|| format!("cannot open the journal in {}", args.journal.display()))?;
+    let boot_id = journal::boot_id().context("cannot read the boot id")?;
+    let clock = Clock::new();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(65536);
+    let collector = LinuxCollector::start(
+        &CollectorConfig {
+            lost_poll: Duration::from_millis(500),
+            ..CollectorConfig::default()
+        },
+        tx,
+    )
+    .context("cannot start recording")?;
+    eprintln!(
+        "portwatch: attached {}; recording to {}",
+        crate::source::describe(collector.mechanisms()),
+        args.journal.display()
+    );
+    notify_ready();
+
+    let mut attributor = Attributor::new(LiveSockets::new(), LiveProcesses);
+    let mut append = |writer: &mut JournalWriter, msg| -> anyhow::Result<()> {
+        for ev in attributor.process(msg) {
+            if journal_worthy(&ev) {
+                let rec = Record {
+                    boot_id: boot_id.clone(),
+                    mono_ns: clock.boot_ns(ev.time),
+                    event: ev,
+                };
+                writer.append(&rec).context("writing the journal")?;
+            }
+        }
+        Ok(())
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => append(&mut writer, msg)?,
+                None => break,
+            },
+            _ = tick.tick() => writer.sync_if_due().context("syncing the journal")?,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut until_deadline => break,
+        }
+    }
+    let stopper = tokio::spawn(collector.stop());
+    while let Some(msg) = rx.recv().await {
+        append(&mut writer, msg)?;
+    }
+    stopper
+        .await
+        .context("the ring-buffer reader panicked")?
+        .context("reading the ring buffer")?;
+    writer.sync().context("syncing the journal")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(old: TcpState, new: TcpState) -> Event {
+        let mut ev = Event::new(0, EventKind::State);
+        ev.old_state = Some(old);
+        ev.new_state = Some(new);
+        ev
+    }
+
+    #[test]
+    fn the_journal_keeps_port_acquisitions_releases_and_failures() {
+        assert!(journal_worthy(&Event::new(0, EventKind::Bind)));
+        assert!(journal_worthy(&Event::new(0, EventKind::Listen)));
+        assert!(journal_worthy(&Event::new(0, EventKind::Timewait)));
+        assert!(journal_worthy(&Event::lost(0, 3)));
+        assert!(journal_worthy(&state(
+            TcpState::SynSent,
+            TcpState::Established
+        )));
+        assert!(journal_worthy(&state(TcpState::LastAck, TcpState::Close)));
+        assert!(!journal_worthy(&state(
+            TcpState::Established,
+            TcpState::FinWait1
+        )));
+        assert!(!journal_worthy(&state(
+            TcpState::SynRecv,
+            TcpState::Established
+        )));
+    }
+}

@@ -1,0 +1,148 @@
+//! `portwatch record` + `portwatch history`: a recorded session in which a
+//! process takes a port and exits, and history names it afterwards.
+
+use anyhow::{ensure, Context, Result};
+use integration_tests::{netns_script, skip_unless_kernel};
+use serde_json::Value;
+
+/// Starts the recorder on "$D/journal" in the namespace and waits until it
+/// says it is attached.
+const START_RECORDER: &str = r#"
+"$PW" record --journal "$D/journal" 2>"$D/record.err" &
+rec=$!
+for _ in $(seq 1 400); do grep -q '^portwatch: attached' "$D/record.err" && break; kill -0 $rec 2>/dev/null || break; sleep 0.025; done
+grep -q '^portwatch: attached' "$D/record.err" || { cat "$D/record.err" >&2; exit 97; }
+"#;
+
+fn json_lines(s: &str) -> Result<Vec<Value>> {
+    s.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| l.to_owned()))
+        .collect()
+}
+
+#[test]
+fn history_names_the_process_that_listened_first_after_it_exited() -> Result<()> {
+    skip_unless_kernel!();
+    let script = format!(
+        r#"{START_RECORDER}
+python3 -c 'import os, socket; s = socket.socket(); s.bind(("0.0.0.0", 1433)); s.listen(); print("FIRST=%d" % os.getpid())'
+python3 -c 'import os, socket; s = socket.socket(); s.bind(("0.0.0.0", 1433)); s.listen(); print("SECOND=%d" % os.getpid())'
+sleep 0.3
+kill -TERM $rec; wait $rec
+echo "RECORD_RC=$?"
+stat -c 'MODE %a %n' "$D/journal" "$D"/journal/seg-*
+"$PW" history --journal "$D/journal" --port 1433 --boot 0 --first --json
+"$PW" history --journal "$D/journal" --port 1433 --boot 0 --first
+"#
+    );
+    let out = netns_script(&script, &[])?;
+    let var = |k: &str| -> Result<u64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("{k} in:\n{out}"))
+    };
+    ensure!(var("RECORD_RC")? == 0, "{out}");
+    let first = var("FIRST")?;
+    ensure!(var("SECOND")? != first);
+    let answer = json_lines(&out)?;
+    ensure!(answer.len() == 1, "{out}");
+    let a = &answer[0];
+    ensure!(a["pid"] == first, "first taker must be {first}: {a}");
+    ensure!(
+        a["how"] == "listen" && a["sport"] == 1433 && a["comm"] == "python3",
+        "{a}"
+    );
+    ensure!(a["boot_id"].as_str().is_some_and(|b| b.len() == 36), "{a}");
+    ensure!(a["mono_ns"].as_u64().is_some(), "{a}");
+    ensure!(
+        out.contains("port 1433 was first taken at")
+            && out.contains(&format!("by pid {first} (python3")),
+        "{out}"
+    );
+    for line in out.lines().filter(|l| l.starts_with("MODE")) {
+        let mode = line.split_whitespace().nth(1).context("mode")?;
+        ensure!(
+            mode == "700" || mode == "600",
+            "journal must be private: {line}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn history_says_when_a_port_was_taken_as_an_ephemeral_port() -> Result<()> {
+    skip_unless_kernel!();
+    // The SQL Server story: the only ephemeral port is 1433, so a client's
+    // outgoing connection takes it before the server starts.
+    let script = format!(
+        r#"sysctl -qw net.ipv4.ip_local_port_range="1433 1433"
+{START_RECORDER}
+python3 -c '
+import os, socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 8080)); srv.listen()
+c = socket.create_connection(("127.0.0.1", 8080))
+print("CLIENT=%d" % os.getpid())
+print("LOCAL=%d" % c.getsockname()[1])
+'
+sleep 0.3
+kill -TERM $rec; wait $rec
+"$PW" history --journal "$D/journal" --port 1433 --first --json
+"#
+    );
+    let out = netns_script(&script, &[])?;
+    ensure!(out.contains("LOCAL=1433"), "{out}");
+    let client: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CLIENT="))
+        .and_then(|v| v.trim().parse().ok())
+        .context("client")?;
+    let answer = json_lines(&out)?;
+    ensure!(answer.len() == 1, "{out}");
+    let a = &answer[0];
+    ensure!(a["how"] == "ephemeral" && a["pid"] == client, "{a}");
+    ensure!(a["daddr"] == "127.0.0.1" && a["dport"] == 8080, "{a}");
+    Ok(())
+}
+
+#[test]
+fn history_survives_a_recorder_killed_mid_write() -> Result<()> {
+    skip_unless_kernel!();
+    let script = format!(
+        r#"{START_RECORDER}
+python3 -c '
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 8080)); srv.listen(1024)
+for _ in range(3000):
+    c = socket.create_connection(("127.0.0.1", 8080)); s, _ = srv.accept(); c.close(); s.close()
+' &
+load=$!
+sleep 0.5
+kill -KILL $rec
+wait $load
+"$PW" history --journal "$D/journal" --json > "$D/h.json" 2> "$D/h.err"
+echo "HISTORY_RC=$?"
+echo "RECORDS=$(wc -l < "$D/h.json")"
+cat "$D/h.err"
+"#
+    );
+    let out = netns_script(&script, &[])?;
+    ensure!(out.contains("HISTORY_RC=0"), "{out}");
+    let records: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("RECORDS="))
+        .and_then(|v| v.trim().parse().ok())
+        .context("records")?;
+    ensure!(
+        records > 10,
+        "records written before the kill survive: {out}"
+    );
+    // At most the record being written is damaged, at the end of the last segment.
+    let damaged = out
+        .lines()
+        .filter(|l| l.contains("skipped damaged data"))
+        .count();
+    ensure!(damaged <= 1, "{out}");
+    Ok(())
+}
