@@ -178,6 +178,11 @@ pub struct WhoArgs {
     /// Write one JSON object: {"port": N, "sockets": [...], "missing": ...}.
     #[arg(long)]
     pub json: bool,
+
+    /// The recorder's journal, to name who created sockets that have no
+    /// owner any more (TIME_WAIT, orphans). Skipped if absent.
+    #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR)]
+    pub journal: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

@@ -39,6 +39,39 @@ pub struct SocketView {
     pub also: Vec<u32>,
     /// Why there is no owner, when there is none.
     pub no_owner: Option<String>,
+    /// For a socket with no owner: the process the journal saw create it.
+    pub created_by: Option<CreatedBy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CreatedBy {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    #[serde(with = "crate::timefmt::rfc3339_ns")]
+    pub time: i128,
+}
+
+/// Names the creators of ownerless sockets from the journal's records of
+/// this boot: the latest record of the same connection that has a process.
+pub fn add_creators(report: &mut WhoReport, records: &[crate::journal::Record], boot_id: &str) {
+    for s in report.sockets.iter_mut().filter(|s| s.pid.is_none()) {
+        let found = records.iter().rev().find(|r| {
+            let e = &r.event;
+            r.boot_id == boot_id
+                && e.pid.is_some()
+                && e.saddr == Some(s.saddr)
+                && e.sport == Some(s.sport)
+                && e.daddr == Some(s.daddr)
+                && e.dport == Some(s.dport)
+        });
+        if let Some(r) = found {
+            s.created_by = Some(CreatedBy {
+                pid: r.event.pid,
+                comm: r.event.comm.clone(),
+                time: r.event.time,
+            });
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -132,6 +165,7 @@ pub fn report(
                     .map(|v| v.iter().skip(1).map(|o| o.pid).collect())
                     .unwrap_or_default(),
                 no_owner,
+                created_by: None,
             }
         })
         .collect();
@@ -188,7 +222,15 @@ pub fn write_text(r: &WhoReport, out: &mut impl Write) -> io::Result<()> {
                 (Some(u), Some(c)) => format!("{u}  {}", one_line(c, 60)),
                 (Some(u), None) => u.clone(),
                 (None, Some(c)) => one_line(c, 80),
-                (None, None) => s.no_owner.clone().unwrap_or_default(),
+                (None, None) => match &s.created_by {
+                    Some(c) => format!(
+                        "created by {}[{}] (journal); {}",
+                        c.comm.as_deref().unwrap_or("?"),
+                        c.pid.map_or("?".to_owned(), |p| p.to_string()),
+                        s.no_owner.clone().unwrap_or_default()
+                    ),
+                    None => s.no_owner.clone().unwrap_or_default(),
+                },
             };
             writeln!(
                 out,
@@ -226,7 +268,17 @@ pub fn run(args: WhoArgs) -> anyhow::Result<()> {
         procfd::owners_of(&inodes)
     };
     let privileged = crate::source::linux::capabilities().is_root();
-    let r = report(args.port, entries, &owners, &mut LiveProcesses, privileged);
+    let mut r = report(args.port, entries, &owners, &mut LiveProcesses, privileged);
+    if r.sockets.iter().any(|s| s.pid.is_none()) && args.journal.is_dir() {
+        match (
+            crate::journal::read_dir(&args.journal),
+            crate::journal::boot_id(),
+        ) {
+            (Ok(outcome), Ok(boot)) => add_creators(&mut r, &outcome.records, &boot),
+            (Err(e), _) => log::warn!("cannot read the journal in {}: {e}", args.journal.display()),
+            (_, Err(e)) => log::warn!("cannot read the boot id: {e}"),
+        }
+    }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if args.json {

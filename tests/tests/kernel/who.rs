@@ -108,3 +108,41 @@ fn who_on_a_free_port_says_nothing_is_bound() -> Result<()> {
     ensure!(out.contains("nothing is bound to port 4242"), "{out}");
     Ok(())
 }
+
+#[test]
+fn who_names_the_creator_of_a_time_wait_socket_from_the_journal() -> Result<()> {
+    skip_unless_kernel!();
+    let out = netns_script(
+        r#"
+"$PW" record --journal "$D/j" 2>"$D/rec.err" &
+rec=$!
+for _ in $(seq 1 400); do grep -q '^portwatch: attached' "$D/rec.err" && break; sleep 0.025; done
+python3 -c '
+import os, socket
+lst = socket.socket(); lst.bind(("127.0.0.1", 1433)); lst.listen()
+c = socket.create_connection(("127.0.0.1", 1433)); s, _ = lst.accept()
+s.close(); c.recv(1); c.close()
+print("SERVER=%d" % os.getpid())
+'
+sleep 0.3
+kill -TERM $rec; wait $rec
+"$PW" who 1433 --journal "$D/j" --json
+"#,
+        &[],
+    )?;
+    let server: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("SERVER="))
+        .and_then(|v| v.trim().parse().ok())
+        .context("server pid")?;
+    let report: Value =
+        serde_json::from_str(out.lines().find(|l| l.starts_with('{')).context("json")?)?;
+    let tw = report["sockets"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["state"] == "TIME_WAIT"))
+        .context("a TIME_WAIT socket on 1433")?;
+    ensure!(tw["pid"].is_null(), "{tw}");
+    ensure!(tw["created_by"]["pid"] == server, "{tw}");
+    ensure!(tw["created_by"]["comm"] == "python3", "{tw}");
+    Ok(())
+}
