@@ -26,18 +26,20 @@ pub struct PortSocket {
     pub comm: Option<String>,
 }
 
-/// Live socket state: sock_diag on Linux, a fake in tests.
+/// Live socket state: sock_diag on Linux, a fake in tests. `netns` is the
+/// network namespace to look in (the event owner's), when known.
 pub trait SocketProbe {
     /// The state of the TCP socket with this 4-tuple, if it exists.
     fn tcp_state(
         &mut self,
+        netns: Option<u64>,
         saddr: IpAddr,
         sport: u16,
         daddr: IpAddr,
         dport: u16,
     ) -> Option<TcpState>;
     /// Every TCP and UDP socket whose local port is `port`.
-    fn on_port(&mut self, port: u16) -> Vec<PortSocket>;
+    fn on_port(&mut self, netns: Option<u64>, port: u16) -> Vec<PortSocket>;
 }
 
 /// What portwatch adds about a process.
@@ -45,6 +47,8 @@ pub trait SocketProbe {
 pub struct ProcessInfo {
     pub cmdline: Option<String>,
     pub cgroup: Option<String>,
+    /// Inode of its network namespace.
+    pub netns: Option<u64>,
 }
 
 pub trait ProcessLookup {
@@ -55,10 +59,17 @@ pub trait ProcessLookup {
 pub struct Offline;
 
 impl SocketProbe for Offline {
-    fn tcp_state(&mut self, _: IpAddr, _: u16, _: IpAddr, _: u16) -> Option<TcpState> {
+    fn tcp_state(
+        &mut self,
+        _: Option<u64>,
+        _: IpAddr,
+        _: u16,
+        _: IpAddr,
+        _: u16,
+    ) -> Option<TcpState> {
         None
     }
-    fn on_port(&mut self, _: u16) -> Vec<PortSocket> {
+    fn on_port(&mut self, _: Option<u64>, _: u16) -> Vec<PortSocket> {
         Vec::new()
     }
 }
@@ -131,6 +142,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         if let Some((_, Some(info))) = self.proc_cache.get(&pid) {
             ev.cmdline.clone_from(&info.cmdline);
             ev.cgroup.clone_from(&info.cgroup);
+            ev.netns = info.netns;
         }
     }
 
@@ -176,7 +188,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             EventKind::Bind => {
                 if ev.errno_value() == Some(errno::EADDRINUSE) {
                     if let Some(port) = ev.sport {
-                        ev.holder = self.holder(port, ev.family);
+                        ev.holder = self.holder(ev.netns, port, ev.family);
                     }
                 }
                 vec![ev]
@@ -197,7 +209,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         else {
             return false;
         };
-        self.sockets.tcp_state(sa, sp, da, dp) == Some(TcpState::TimeWait)
+        self.sockets.tcp_state(ev.netns, sa, sp, da, dp) == Some(TcpState::TimeWait)
     }
 
     fn remember_tw(&mut self, tw: &Event) {
@@ -218,8 +230,8 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// Who holds `port`: the live socket table says which sockets are bound
     /// there; the owner comes from the socket's process, or for a TIME_WAIT
     /// remnant from the process this trace saw create it.
-    fn holder(&mut self, port: u16, family: Option<Family>) -> Option<Holder> {
-        let sockets = self.sockets.on_port(port);
+    fn holder(&mut self, netns: Option<u64>, port: u16, family: Option<Family>) -> Option<Holder> {
+        let sockets = self.sockets.on_port(netns, port);
         let family_of = |a: &IpAddr| match a {
             IpAddr::V4(_) => Family::Ipv4,
             IpAddr::V6(_) => Family::Ipv6,
@@ -298,11 +310,18 @@ mod tests {
     }
 
     impl SocketProbe for FakeSockets {
-        fn tcp_state(&mut self, sa: IpAddr, sp: u16, da: IpAddr, dp: u16) -> Option<TcpState> {
+        fn tcp_state(
+            &mut self,
+            _: Option<u64>,
+            sa: IpAddr,
+            sp: u16,
+            da: IpAddr,
+            dp: u16,
+        ) -> Option<TcpState> {
             self.lookups += 1;
             self.states.get(&(sa, sp, da, dp)).copied()
         }
-        fn on_port(&mut self, port: u16) -> Vec<PortSocket> {
+        fn on_port(&mut self, _: Option<u64>, port: u16) -> Vec<PortSocket> {
             self.ports.get(&port).cloned().unwrap_or_default()
         }
     }
@@ -315,6 +334,7 @@ mod tests {
             Some(ProcessInfo {
                 cmdline: Some(format!("/usr/bin/app --id {pid}")),
                 cgroup: Some("/system.slice/app.service".into()),
+                netns: None,
             })
         }
     }

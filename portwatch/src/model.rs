@@ -190,6 +190,10 @@ pub struct Event {
     /// The kernel's socket identity, tying a socket's events together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sock: Option<String>,
+    /// Inode of the owner's network namespace (as `ls -iL /proc/PID/ns/net`
+    /// shows), which tells containers apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 impl Event {
@@ -218,6 +222,7 @@ impl Event {
             cgroup: None,
             lost: None,
             sock: None,
+            netns: None,
         }
     }
 

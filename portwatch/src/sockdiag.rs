@@ -101,6 +101,9 @@ pub struct SockDiag {
     /// confuse the next request (or make the kernel answer `EBUSY`), so the
     /// socket is replaced before it is used again.
     poisoned: bool,
+    /// The network namespace the socket was opened in, when not the caller's;
+    /// a replacement socket must be opened there too.
+    netns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// What kind of request an exchange is, for reply handling and error messages.
@@ -121,6 +124,20 @@ impl SockDiag {
             buf: Vec::with_capacity(RECV_BUF_LEN),
             seq: 0,
             poisoned: false,
+            netns: None,
+        })
+    }
+
+    /// Opens a NETLINK_SOCK_DIAG socket in another network namespace (an fd
+    /// of `/proc/PID/ns/net`), so that a container's sockets can be seen.
+    /// Needs CAP_SYS_ADMIN.
+    pub fn in_netns(netns: std::sync::Arc<std::os::fd::OwnedFd>) -> Result<Self, SockDiagError> {
+        Ok(SockDiag {
+            sock: open_socket_in(Some(&netns)).map_err(SockDiagError::Open)?,
+            buf: Vec::with_capacity(RECV_BUF_LEN),
+            seq: 0,
+            poisoned: false,
+            netns: Some(netns),
         })
     }
 
@@ -242,7 +259,7 @@ impl SockDiag {
     /// Sends one request and collects the replies belonging to it.
     fn exchange(&mut self, req: &Request, out: &mut Vec<SocketEntry>) -> Result<(), SockDiagError> {
         if self.poisoned {
-            self.sock = open_socket().map_err(SockDiagError::Open)?;
+            self.sock = open_socket_in(self.netns.as_deref()).map_err(SockDiagError::Open)?;
             self.poisoned = false;
         }
         self.seq = self.seq.wrapping_add(1);
@@ -351,6 +368,28 @@ impl SockDiag {
             }
         }
     }
+}
+
+/// A socket keeps the namespace it was created in, so create it on a
+/// short-lived thread that has joined `netns` (setns affects one thread).
+fn open_socket_in(netns: Option<&std::os::fd::OwnedFd>) -> io::Result<Socket> {
+    use std::os::fd::AsRawFd;
+    let Some(ns) = netns else {
+        return open_socket();
+    };
+    let raw = ns.as_raw_fd();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: a valid namespace fd, borrowed for the call.
+                if unsafe { libc::setns(raw, libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                open_socket()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the netns helper thread panicked")))
+    })
 }
 
 fn open_socket() -> io::Result<Socket> {

@@ -1,7 +1,11 @@
 //! The live system behind attribution on Linux: sock_diag for sockets,
 //! /proc for processes and sysctls.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
 
 use crate::aggregate::PortRange;
 use crate::attribution::{PortSocket, ProcessInfo, ProcessLookup, SocketProbe};
@@ -9,41 +13,109 @@ use crate::model::{Protocol, TcpState};
 use crate::procfd;
 use crate::sockdiag::{Proto, SockDiag};
 
-/// sock_diag in portwatch's own network namespace. If the netlink socket
-/// cannot be opened, TIME_WAIT inference and holder lookups report nothing
-/// rather than guessing.
+/// Network namespaces met so far, by inode: an open `/proc/PID/ns/net` each,
+/// taken while the process was alive, so that its sockets can still be
+/// looked up after it exits.
+#[derive(Clone, Default)]
+pub struct Netns {
+    inner: Arc<Mutex<HashMap<u64, Arc<OwnedFd>>>>,
+    own: Option<u64>,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        Netns {
+            inner: Arc::default(),
+            own: netns_inode("self"),
+        }
+    }
+
+    /// Remembers `pid`'s namespace and returns its inode.
+    fn register(&self, pid: u32) -> Option<u64> {
+        let ino = netns_inode(&pid.to_string())?;
+        if Some(ino) != self.own {
+            let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(ino) {
+                if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/ns/net")) {
+                    slot.insert(Arc::new(OwnedFd::from(f)));
+                }
+            }
+        }
+        Some(ino)
+    }
+
+    fn get(&self, ino: u64) -> Option<Arc<OwnedFd>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned()
+    }
+}
+
+fn netns_inode(pid: &str) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// sock_diag in the namespace of each event's owner (containers included),
+/// falling back to portwatch's own. If no netlink socket can be opened,
+/// TIME_WAIT confirmation and holder lookups report nothing rather than guess.
 pub struct LiveSockets {
-    diag: Option<SockDiag>,
+    own: Option<SockDiag>,
+    others: HashMap<u64, SockDiag>,
+    netns: Netns,
 }
 
 impl LiveSockets {
-    pub fn new() -> Self {
-        let diag = match SockDiag::new() {
+    pub fn new(netns: Netns) -> Self {
+        let own = match SockDiag::new() {
             Ok(d) => Some(d),
             Err(e) => {
                 log::warn!("sock_diag unavailable ({e}); TIME_WAIT confirmation and port holders will be missing");
                 None
             }
         };
-        LiveSockets { diag }
+        LiveSockets {
+            own,
+            others: HashMap::new(),
+            netns,
+        }
     }
-}
 
-impl Default for LiveSockets {
-    fn default() -> Self {
-        Self::new()
+    fn diag(&mut self, netns: Option<u64>) -> Option<&mut SockDiag> {
+        match netns {
+            Some(ino) if Some(ino) != self.netns.own => {
+                if !self.others.contains_key(&ino) {
+                    let fd = self.netns.get(ino)?;
+                    match SockDiag::in_netns(fd) {
+                        Ok(d) => {
+                            self.others.insert(ino, d);
+                        }
+                        Err(e) => {
+                            log::debug!("sock_diag in netns {ino}: {e}");
+                            return None;
+                        }
+                    }
+                }
+                self.others.get_mut(&ino)
+            }
+            _ => self.own.as_mut(),
+        }
     }
 }
 
 impl SocketProbe for LiveSockets {
     fn tcp_state(
         &mut self,
+        netns: Option<u64>,
         saddr: IpAddr,
         sport: u16,
         daddr: IpAddr,
         dport: u16,
     ) -> Option<TcpState> {
-        let diag = self.diag.as_mut()?;
+        let diag = self.diag(netns)?;
         match diag.tcp_lookup(saddr, sport, daddr, dport) {
             Ok(found) => found.and_then(|s| TcpState::from_kernel(s.state)),
             Err(e) => {
@@ -53,8 +125,8 @@ impl SocketProbe for LiveSockets {
         }
     }
 
-    fn on_port(&mut self, port: u16) -> Vec<PortSocket> {
-        let Some(diag) = self.diag.as_mut() else {
+    fn on_port(&mut self, netns: Option<u64>, port: u16) -> Vec<PortSocket> {
+        let Some(diag) = self.diag(netns) else {
             return Vec::new();
         };
         let entries = match diag.sockets_on_port(port) {
@@ -99,12 +171,22 @@ impl SocketProbe for LiveSockets {
     }
 }
 
-/// Command line and cgroup from /proc.
-#[derive(Default)]
-pub struct LiveProcesses;
+/// Command line, cgroup and network namespace from /proc.
+#[derive(Clone, Default)]
+pub struct LiveProcesses {
+    netns: Netns,
+}
+
+impl LiveProcesses {
+    /// Namespaces found here are registered in `netns` for [`LiveSockets`].
+    pub fn new(netns: Netns) -> Self {
+        LiveProcesses { netns }
+    }
+}
 
 impl ProcessLookup for LiveProcesses {
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo> {
+        let netns = self.netns.register(pid);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .ok()
             .map(|raw| {
@@ -117,12 +199,13 @@ impl ProcessLookup for LiveProcesses {
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
             .and_then(|s| cgroup_path(&s));
-        if cmdline.is_none() && cgroup.is_none() {
+        if cmdline.is_none() && cgroup.is_none() && netns.is_none() {
             return None;
         }
         Some(ProcessInfo {
             cmdline: cmdline.filter(|c| !c.is_empty()),
             cgroup,
+            netns,
         })
     }
 }
@@ -226,9 +309,10 @@ mod tests {
 
     #[test]
     fn looks_up_this_process() {
-        let info = LiveProcesses
+        let info = LiveProcesses::default()
             .lookup(std::process::id())
             .expect("own /proc entry");
         assert!(info.cmdline.is_some_and(|c| !c.is_empty()));
+        assert_eq!(info.netns, netns_inode("self"));
     }
 }

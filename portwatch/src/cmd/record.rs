@@ -10,7 +10,7 @@ use crate::journal::{self, JournalConfig, JournalWriter, Record};
 use crate::model::{Event, EventKind, TcpState};
 use crate::source::linux::decode::Clock;
 use crate::source::linux::{CollectorConfig, LinuxCollector};
-use crate::system::{LiveProcesses, LiveSockets};
+use crate::system::{LiveProcesses, LiveSockets, Netns};
 
 /// What the journal keeps: how ports are taken (bind, listen, the local port
 /// of an outgoing connection), given back (close), and every failure. The
@@ -84,7 +84,10 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     );
     notify_ready();
 
-    let mut attributor = Attributor::new(LiveSockets::new(), LiveProcesses);
+    let mut attributor = {
+        let netns = Netns::new();
+        Attributor::new(LiveSockets::new(netns.clone()), LiveProcesses::new(netns))
+    };
     let mut append = |writer: &mut JournalWriter, msg| -> anyhow::Result<()> {
         for ev in attributor.process(msg) {
             if journal_worthy(&ev) {

@@ -75,7 +75,7 @@ fn replay(args: &TraceArgs, path: &std::path::Path) -> anyhow::Result<()> {
 #[cfg(target_os = "linux")]
 async fn live(args: TraceArgs) -> anyhow::Result<()> {
     use crate::source::linux::{CollectorConfig, LinuxCollector};
-    use crate::system::{ephemeral_range, LiveProcesses, LiveSockets};
+    use crate::system::{ephemeral_range, LiveProcesses, LiveSockets, Netns};
     use tokio::signal::unix::{signal, SignalKind};
 
     let cfg = CollectorConfig {
@@ -93,7 +93,10 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     );
 
     let mut pipeline = Pipeline::new(
-        Attributor::new(LiveSockets::new(), LiveProcesses),
+        {
+            let netns = Netns::new();
+            Attributor::new(LiveSockets::new(netns.clone()), LiveProcesses::new(netns))
+        },
         filter(&args),
         ephemeral_range(),
         sink(&args),

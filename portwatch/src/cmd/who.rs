@@ -268,7 +268,13 @@ pub fn run(args: WhoArgs) -> anyhow::Result<()> {
         procfd::owners_of(&inodes)
     };
     let privileged = crate::source::linux::capabilities().is_root();
-    let mut r = report(args.port, entries, &owners, &mut LiveProcesses, privileged);
+    let mut r = report(
+        args.port,
+        entries,
+        &owners,
+        &mut LiveProcesses::default(),
+        privileged,
+    );
     if r.sockets.iter().any(|s| s.pid.is_none()) && args.journal.is_dir() {
         match (
             crate::journal::read_dir(&args.journal),
@@ -302,6 +308,7 @@ mod tests {
             Some(ProcessInfo {
                 cmdline: Some(format!("/opt/mssql/bin/sqlservr\n--pid {pid}")),
                 cgroup: Some("/system.slice/mssql-server.service".into()),
+                netns: None,
             })
         }
     }

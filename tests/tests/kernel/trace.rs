@@ -377,3 +377,52 @@ fn check_clean_exit(run: &Run) -> Result<()> {
     ensure!(run.summary().is_some(), "no summary: {}", run.stderr);
     Ok(())
 }
+
+/// A container's view: the workload runs in a network namespace of its own,
+/// portwatch outside it. TIME_WAIT must still be confirmed (in the
+/// workload's namespace, where the timewait sockets live) and a bind
+/// conflict must still name its holder.
+#[test]
+fn sockets_in_another_network_namespace_are_confirmed_there() -> Result<()> {
+    skip_unless_kernel!();
+    let py = r#"
+import ctypes, os, socket, subprocess, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x40000000) == 0, "unshare(CLONE_NEWNET)"
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+srv = socket.socket(); srv.bind(("127.0.0.1", 8080)); srv.listen(16)
+print("SERVER=%d" % os.getpid(), flush=True)
+pid = os.fork()
+if pid == 0:
+    b = socket.socket()
+    try: b.bind(("127.0.0.1", 8080))
+    except OSError: print("BINDER=%d" % os.getpid(), flush=True)
+    for _ in range(3):
+        c = socket.create_connection(("127.0.0.1", 8080)); c.close()
+        time.sleep(0.01)
+    os._exit(0)
+for _ in range(3):
+    s, _ = srv.accept(); s.recv(1); s.close()
+os.waitpid(pid, 0)
+out = subprocess.run(["ss", "-tanH", "state", "time-wait"], capture_output=True, text=True).stdout
+print("INNER_TW=%d" % len([l for l in out.splitlines() if l.strip()]), flush=True)
+"#;
+    let run = traced_run("", &["--port", "8080"], py)?;
+    check_clean_exit(&run)?;
+    ensure!(run.var("INNER_TW") == Some(3), "{}", run.workload);
+    ensure!(run.ss_timewait_count() == 0, "the outer namespace has none");
+    let binder = run.var("BINDER").context("binder pid")?;
+    let server = run.var("SERVER").context("server pid")?;
+    let tw: Vec<&Value> = run.of_kind("timewait").collect();
+    ensure!(tw.len() == 3, "{:#?}", run.events);
+    ensure!(
+        tw.iter().all(|e| e["pid"] == binder && e["netns"].is_u64()),
+        "{tw:#?}"
+    );
+    let bind = run
+        .of_kind("bind")
+        .find(|e| e["errno"] == "EADDRINUSE")
+        .context("failed bind")?;
+    ensure!(bind["holder"]["pid"] == server, "{bind}");
+    Ok(())
+}
