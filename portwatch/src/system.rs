@@ -13,6 +13,8 @@ use crate::model::{Protocol, TcpState};
 use crate::procfd;
 use crate::sockdiag::{Proto, SockDiag};
 
+const MAX_NETNS: usize = 4096;
+
 /// Network namespaces met so far, by inode: an open `/proc/PID/ns/net` each,
 /// taken while the process was alive, so that its sockets can still be
 /// looked up after it exits.
@@ -35,6 +37,10 @@ impl Netns {
         let ino = netns_inode(&pid.to_string())?;
         if Some(ino) != self.own {
             let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            // Each entry holds an fd (and keeps a dead namespace alive): bounded.
+            if map.len() >= MAX_NETNS {
+                map.clear();
+            }
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(ino) {
                 if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/ns/net")) {
                     slot.insert(Arc::new(OwnedFd::from(f)));
