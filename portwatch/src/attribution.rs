@@ -92,9 +92,10 @@ struct Known {
 
 /// Upper bounds on what attribution remembers, so a long trace stays small.
 const MAX_PROCS: usize = 16384;
-const MAX_TW_ORIGINS: usize = 262144;
-/// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); keep origins a little longer.
-const TW_ORIGIN_TTL_NS: i128 = 90 * 1_000_000_000;
+const MAX_ORIGINS: usize = 262144;
+/// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); when the table is full, forget
+/// origins older than that and a margin first.
+const ORIGIN_TTL_NS: i128 = 90 * 1_000_000_000;
 
 pub struct Attributor<S, P> {
     sockets: S,
@@ -102,8 +103,9 @@ pub struct Attributor<S, P> {
     proc_cache: HashMap<u32, (Option<String>, Option<ProcessInfo>)>,
     /// Listening sockets seen during the trace, by port.
     listeners: HashMap<u16, Known>,
-    /// Who created each TIME_WAIT socket (the kernel forgets: they have no owner).
-    tw_origins: HashMap<Tuple, Known>,
+    /// Who made each connection (by 4-tuple), for the sockets that outlive
+    /// their owner: TIME_WAIT and orphans have no process the kernel knows.
+    origins: HashMap<Tuple, Known>,
 }
 
 impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
@@ -113,7 +115,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             processes,
             proc_cache: HashMap::new(),
             listeners: HashMap::new(),
-            tw_origins: HashMap::new(),
+            origins: HashMap::new(),
         }
     }
 
@@ -171,6 +173,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                         self.listeners.remove(&port);
                     }
                 }
+                if new == Some(TcpState::Established) {
+                    self.remember_origin(&ev);
+                }
                 let closing = matches!(old, Some(TcpState::FinWait2 | TcpState::Closing))
                     && new == Some(TcpState::Close);
                 if closing && self.is_timewait(&ev, hints) {
@@ -179,7 +184,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                         new_state: Some(TcpState::TimeWait),
                         ..ev.clone()
                     };
-                    self.remember_tw(&tw);
+                    self.remember_origin(&tw);
                     vec![ev, tw]
                 } else {
                     vec![ev]
@@ -212,19 +217,22 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         self.sockets.tcp_state(ev.netns, sa, sp, da, dp) == Some(TcpState::TimeWait)
     }
 
-    fn remember_tw(&mut self, tw: &Event) {
-        let (Some(sa), Some(sp), Some(da), Some(dp)) = (tw.saddr, tw.sport, tw.daddr, tw.dport)
+    fn remember_origin(&mut self, ev: &Event) {
+        let (Some(sa), Some(sp), Some(da), Some(dp)) = (ev.saddr, ev.sport, ev.daddr, ev.dport)
         else {
             return;
         };
-        if self.tw_origins.len() >= MAX_TW_ORIGINS {
-            let cutoff = tw.time - TW_ORIGIN_TTL_NS;
-            self.tw_origins.retain(|_, k| k.time >= cutoff);
-            if self.tw_origins.len() >= MAX_TW_ORIGINS {
-                self.tw_origins.clear();
+        if ev.pid.is_none() {
+            return;
+        }
+        if self.origins.len() >= MAX_ORIGINS {
+            let cutoff = ev.time - ORIGIN_TTL_NS;
+            self.origins.retain(|_, k| k.time >= cutoff);
+            if self.origins.len() >= MAX_ORIGINS {
+                self.origins.clear();
             }
         }
-        self.tw_origins.insert((sa, sp, da, dp), Self::known(tw));
+        self.origins.insert((sa, sp, da, dp), Self::known(ev));
     }
 
     /// Who holds `port`: the live socket table says which sockets are bound
@@ -265,7 +273,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             };
             if h.pid.is_none() {
                 let known = self
-                    .tw_origins
+                    .origins
                     .get(&(best.saddr, best.sport, best.daddr, best.dport))
                     .or_else(|| {
                         (best.state == Some(TcpState::Listen))
@@ -500,6 +508,37 @@ mod tests {
         assert_eq!(h.state, Some(TcpState::TimeWait));
         assert_eq!(h.pid, Some(55));
         assert_eq!(h.comm.as_deref(), Some("app55"));
+    }
+
+    #[test]
+    fn a_remnant_of_a_connection_seen_established_names_its_maker() {
+        // The bind's holder lookup can run after the holder's connection
+        // closed, before its timewait event: the established one names it.
+        let mut sockets = FakeSockets::default();
+        sockets.ports.insert(
+            1433,
+            vec![PortSocket {
+                protocol: Protocol::Tcp,
+                state: Some(TcpState::TimeWait),
+                saddr: ip("10.0.0.1"),
+                sport: 1433,
+                daddr: ip("10.0.0.2"),
+                dport: 8080,
+                pid: None,
+                comm: None,
+            }],
+        );
+        let mut a = Attributor::new(sockets, FakeProcs(0));
+        a.process(msg(state(
+            31,
+            TcpState::SynSent,
+            TcpState::Established,
+            1433,
+            8080,
+        )));
+        let out = a.process(msg(failed_bind(32, 1433)));
+        let h = out[0].holder.as_ref().expect("holder");
+        assert_eq!((h.pid, h.state), (Some(31), Some(TcpState::TimeWait)));
     }
 
     #[test]
