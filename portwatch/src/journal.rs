@@ -328,6 +328,11 @@ fn create_segment(dir: &Path, seq: u64, sync: bool) -> Result<(File, PathBuf), J
     Ok((file, path))
 }
 
+/// How long `open` waits for a previous writer to let go of the lock: a
+/// restarted recorder can overlap the old one's exit, and a process that
+/// forks briefly shares the lock with its child until that child execs.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
 /// Takes the directory's writer lock (released by the kernel however the process ends).
 fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join(LOCK_FILE);
@@ -339,18 +344,23 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| io_err("open journal lock", &path, e))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
         let e = io::Error::last_os_error();
-        return Err(if e.kind() == io::ErrorKind::WouldBlock {
-            JournalError::Locked {
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return Err(io_err("lock journal", &path, e));
+        }
+        if Instant::now() >= deadline {
+            return Err(JournalError::Locked {
                 path: dir.to_path_buf(),
-            }
-        } else {
-            io_err("lock journal", &path, e)
-        });
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(file)
 }
 
 /// Appends records to a journal directory. One writer per directory.
