@@ -1088,6 +1088,21 @@ mod tests {
         assert!(damage[0].1.contains("does not decode"));
     }
 
+    /// The fuzz seed was framed by an independent (Python) encoder from the
+    /// format description above, so this pins the on-disk format itself.
+    #[test]
+    fn reads_a_segment_framed_from_the_format_description() {
+        let seed = include_bytes!("../fuzz/seeds/journal_reader/two_records");
+        let (got, damage) = read_segment_bytes(seed);
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].mono_ns, 1);
+        assert_eq!(got[0].event.errno.as_deref(), Some("EADDRINUSE"));
+        assert_eq!(got[1].event.lost, Some(3));
+        // And this writer's header is byte for byte the one described.
+        assert_eq!(seed[..HEADER_LEN], segment_header());
+    }
+
     #[test]
     fn files_are_0600_in_a_0700_directory() {
         let tmp = tempfile::tempdir().unwrap();
