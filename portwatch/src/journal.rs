@@ -23,6 +23,9 @@
 //! whose checksum holds. JSON text never contains a zero byte, so a frame
 //! length (whose top byte is zero) cannot be mistaken for one inside a
 //! payload, and resyncing lands on real frame starts.
+//!
+//! A `lock` file in the directory, held with flock(2) while a writer is
+//! open, keeps two recorders from rotating each other's segments away.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -569,7 +572,9 @@ impl Drop for JournalWriter {
 }
 
 /// Reads every segment in `dir`, oldest first. Damaged content is reported
-/// in [`ReadOutcome::damage`]; only an unusable directory is an error.
+/// in [`ReadOutcome::damage`]; only an unusable directory is an error. While
+/// a writer is running, a record it is writing at that moment can show up
+/// as damage at the tail of the newest segment.
 pub fn read_dir(dir: &Path) -> Result<ReadOutcome, JournalError> {
     let listed = list_segments(dir).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => JournalError::NotFound {
