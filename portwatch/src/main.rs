@@ -22,6 +22,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => portwatch::cmd::trace::run(args).await,
+            Command::Doctor(args) => portwatch::cmd::doctor::run(args),
+            Command::Reserve(args) => portwatch::cmd::reserve::run(args),
         }
     });
     match result {

@@ -1,3 +1,5 @@
 //! One module per subcommand.
 
+pub mod doctor;
+pub mod reserve;
 pub mod trace;
