@@ -2,4 +2,5 @@
 //! eBPF programs runs in its own network namespace; run them one at a time
 //! (`cargo xtask test` passes --test-threads=1).
 
+mod doctor;
 mod trace;
