@@ -35,6 +35,37 @@ pub enum Command {
     /// Install and enable the systemd unit that runs `portwatch record` at
     /// boot, before the network and ordinary services start.
     InstallService(InstallServiceArgs),
+
+    /// Check what this kernel lets portwatch hook, and the port configuration:
+    /// services listening inside the ephemeral range, TIME_WAIT pressure,
+    /// TIME_WAIT reuse.
+    ///
+    /// Loads portwatch's eBPF programs the way `trace` would, one variant at a
+    /// time, detaching each again, and reports which hook `trace` would use
+    /// per kind of event and why the others do not load (needs root; without
+    /// it the hooks are skipped and the rest is still checked). Then reads
+    /// net.ipv4.ip_local_port_range, ip_local_reserved_ports and the TIME_WAIT
+    /// sysctls, lists listening sockets (sock_diag) with their processes, and
+    /// prints findings with a severity and a fix each.
+    ///
+    /// The port checks cover portwatch's own network namespace. Run with
+    /// sudo for the hook probes and for the owners of other users' sockets.
+    Doctor(DoctorArgs),
+
+    /// Reserve ports so that the kernel never hands them out as ephemeral
+    /// (client) ports: adds them to net.ipv4.ip_local_reserved_ports.
+    ///
+    /// The ports are merged with those already reserved and written back in
+    /// the kernel's canonical form (sorted, ranges joined). Use this for a
+    /// service whose port lies inside net.ipv4.ip_local_port_range, so that an
+    /// outgoing connection cannot take the port while the service is down or
+    /// still starting. Reserving does not stop a program from binding the
+    /// port explicitly. The setting is per network namespace and lost at
+    /// reboot unless --persist is given. Needs root (except --dry-run).
+    ///
+    /// Examples: `portwatch reserve 1433`, `portwatch reserve 1433 40000-40010
+    /// --persist`, `portwatch reserve 5432 --dry-run --persist`.
+    Reserve(ReserveArgs),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -185,6 +216,44 @@ pub struct WhoArgs {
     pub journal: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Write one JSON object: {"capabilities": ..., "port_config": ...,
+    /// "findings": [{"severity", "message", "fix"}]}.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Colour the findings by severity.
+    #[arg(long, value_enum, default_value_t)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct ReserveArgs {
+    /// Ports to reserve: PORT or LOW-HIGH (inclusive), 1 to 65535; several
+    /// may be given, separated by spaces or commas.
+    #[arg(value_name = "PORT[-PORT]", required = true, value_parser = parse_ports)]
+    pub ports: Vec<crate::sysctl::PortSet>,
+
+    /// Also write the merged value to /etc/sysctl.d/90-portwatch-reserved-ports.conf
+    /// so that it is applied again at boot.
+    #[arg(long)]
+    pub persist: bool,
+
+    /// Print the current and the new value (and the file --persist would
+    /// write) without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Where --persist writes (testing aid).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub persist_file: Option<PathBuf>,
+}
+
+fn parse_ports(s: &str) -> Result<crate::sysctl::PortSet, String> {
+    crate::sysctl::parse_user_ports(s).map_err(|e| e.to_string())
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {
     #[default]
@@ -303,5 +372,44 @@ mod tests {
             panic!("trace expected")
         };
         assert_eq!(t.duration, Some(std::time::Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn reserve_parses_ports_and_ranges_and_rejects_bad_ones() {
+        let cli = Cli::try_parse_from([
+            "portwatch",
+            "reserve",
+            "1433",
+            "40000-40010,40020",
+            "--persist",
+            "--dry-run",
+        ])
+        .expect("valid");
+        let Command::Reserve(r) = cli.command else {
+            panic!("not reserve")
+        };
+        let all: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
+        assert_eq!(all, vec!["1433", "40000-40010,40020"]);
+        assert!(r.persist && r.dry_run);
+        for bad in ["0", "65536", "40010-40000", "abc", "1-2-3", ""] {
+            let e = Cli::try_parse_from(["portwatch", "reserve", bad]).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad}: {e}"
+            );
+        }
+        assert!(Cli::try_parse_from(["portwatch", "reserve"]).is_err());
+    }
+
+    #[test]
+    fn doctor_takes_json_and_color() {
+        let cli = Cli::try_parse_from(["portwatch", "doctor", "--json", "--color", "never"])
+            .expect("valid");
+        let Command::Doctor(d) = cli.command else {
+            panic!("not doctor")
+        };
+        assert!(d.json);
+        assert_eq!(d.color, ColorChoice::Never);
     }
 }

@@ -14,6 +14,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod source;
+pub mod sysctl;
 pub mod timefmt;
 
 #[cfg(target_os = "linux")]

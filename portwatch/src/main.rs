@@ -26,6 +26,8 @@ fn main() -> ExitCode {
             Command::Record(args) => portwatch::cmd::record::run(args).await,
             Command::History(args) => portwatch::cmd::history::run(args),
             Command::InstallService(args) => portwatch::cmd::install_service::run(args),
+            Command::Doctor(args) => portwatch::cmd::doctor::run(args),
+            Command::Reserve(args) => portwatch::cmd::reserve::run(args),
         }
     });
     match result {

@@ -168,6 +168,15 @@ impl SockDiag {
         Ok(out)
     }
 
+    /// Every UDP socket of both families (bound, connected or not).
+    pub fn udp_sockets(&mut self) -> Result<Vec<SocketEntry>, SockDiagError> {
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            self.dump(family, Proto::Udp, u32::MAX, &mut out)?;
+        }
+        Ok(out)
+    }
+
     /// Exact lookup of one TCP socket by its 4-tuple (local `saddr:sport`,
     /// remote `daddr:dport`), using the kernel's single-socket query.
     ///

@@ -190,29 +190,75 @@ pub fn run_portwatch(args: &[&str], as_nobody: bool) -> Result<(i32, String)> {
     ))
 }
 
-/// Runs a bash `script` in a fresh network namespace (lo up) with `$PW` set
-/// to the portwatch binary and `$D` to a temp dir holding `files`; returns
-/// its stdout, failing with its stderr if it fails.
-pub fn netns_script(script: &str, files: &[(&str, &str)]) -> Result<String> {
+/// What a script run in a fresh network namespace left behind.
+#[derive(Debug)]
+pub struct NetnsRun {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+    /// `$D`, the script's scratch directory, kept until the run is dropped.
+    pub dir: tempfile::TempDir,
+}
+
+impl NetnsRun {
+    /// A file the script wrote into `$D` (empty if it did not).
+    pub fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// A JSON document the script wrote into `$D`.
+    pub fn json(&self, name: &str) -> Result<Value> {
+        let text = self.file(name);
+        serde_json::from_str(&text).with_context(|| format!("{name} is not JSON: {text}"))
+    }
+}
+
+/// Runs a bash `script` in a fresh network namespace (`unshare -n`) with
+/// loopback up, so that per-namespace sysctls such as
+/// `ip_local_port_range` and `ip_local_reserved_ports` start at their
+/// defaults and the host's are never touched. `$PW` is the portwatch binary,
+/// `$D` a scratch directory. Fails if the script does.
+pub fn in_netns(script: &str) -> Result<NetnsRun> {
+    in_netns_with(script, &[])
+}
+
+/// [`in_netns`] with `files` (name, content) written into `$D` first.
+pub fn in_netns_with(script: &str, files: &[(&str, &str)]) -> Result<NetnsRun> {
     let bin = portwatch_bin()?;
     let dir = tempfile::tempdir().context("temp dir")?;
+    // Readable by the unprivileged user some scripts switch to.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )?;
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content)?;
     }
-    let full = format!("set -eu\nip link set lo up\n{script}");
+    let full = format!("set -eu\nip link set lo up\n{script}\n");
     let out = Command::new("unshare")
         .args(["--net", "--", "bash", "-c", &full])
         .env("PW", &bin)
         .env("D", dir.path())
         .output()
         .context("running unshare (util-linux)")?;
+    let run = NetnsRun {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit_code: out.status.code().unwrap_or(-1),
+        dir,
+    };
     if !out.status.success() {
         bail!(
-            "script failed ({}):\n{}\n{}",
+            "namespace script failed ({}):\nstdout: {}\nstderr: {}",
             out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            run.stdout,
+            run.stderr
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(run)
+}
+
+/// [`in_netns_with`], returning only what the script printed.
+pub fn netns_script(script: &str, files: &[(&str, &str)]) -> Result<String> {
+    in_netns_with(script, files).map(|r| r.stdout)
 }

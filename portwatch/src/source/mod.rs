@@ -15,6 +15,124 @@ pub struct Mechanism {
     pub how: String,
 }
 
+/// A family of kernel hooks, as doctor reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    /// A stable tracepoint such as `sock:inet_sock_set_state`.
+    Tracepoint,
+    /// `syscalls:sys_enter_*`/`sys_exit_*`: every syscall pays while attached.
+    SyscallTracepoints,
+    Kprobe,
+    Fentry,
+    Fexit,
+    /// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR` (bind4/connect4 ...); not used by the collector yet.
+    CgroupSockAddr,
+    /// `BPF_PROG_TYPE_CGROUP_SOCK` (post_bind4 ...); not used by the collector yet.
+    CgroupSock,
+}
+
+impl HookKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            HookKind::Tracepoint => "tracepoint",
+            HookKind::SyscallTracepoints => "syscall tracepoints",
+            HookKind::Kprobe => "kprobe",
+            HookKind::Fentry => "fentry",
+            HookKind::Fexit => "fexit",
+            HookKind::CgroupSockAddr => "cgroup sock_addr",
+            HookKind::CgroupSock => "cgroup sock",
+        }
+    }
+}
+
+/// One variant tried for one kind of event (or one program type probed).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HookAttempt {
+    /// As in the `attached` line, e.g. `fexit inet_bind+inet6_bind`.
+    pub how: String,
+    pub mechanism: HookKind,
+    pub loads: bool,
+    /// Why it did not load; None when it did.
+    pub reason: Option<String>,
+}
+
+/// Per kind of event: what the collector would attach and every variant tried,
+/// in the collector's order of preference.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EventHooks {
+    /// `state`, `timewait`, `bind`, `connect`.
+    pub event: &'static str,
+    /// What `trace` would attach; None if nothing loads (trace then fails).
+    pub chosen: Option<String>,
+    pub mechanism: Option<HookKind>,
+    pub attempts: Vec<HookAttempt>,
+}
+
+/// Whether a mechanism loads here, over every attempt that used it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MechanismSupport {
+    pub mechanism: HookKind,
+    pub loads: bool,
+    /// The first failure, when no attempt with this mechanism loaded.
+    pub reason: Option<String>,
+}
+
+/// What the running kernel accepts, as probed by loading portwatch's own
+/// programs the way `trace` would.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HookTable {
+    pub events: Vec<EventHooks>,
+    /// Program types probed for information only (cgroup hooks).
+    pub extra: Vec<HookAttempt>,
+}
+
+impl HookTable {
+    pub fn event(&self, what: &str) -> Option<&EventHooks> {
+        self.events.iter().find(|e| e.event == what)
+    }
+
+    /// What `trace` would print in its `attached` line.
+    pub fn mechanisms(&self) -> Vec<Mechanism> {
+        self.events
+            .iter()
+            .filter_map(|e| {
+                e.chosen.as_ref().map(|how| Mechanism {
+                    what: e.event,
+                    how: how.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Per mechanism: loads if any attempt with it loaded, else the first reason.
+    pub fn support(&self) -> Vec<MechanismSupport> {
+        let mut out: Vec<MechanismSupport> = Vec::new();
+        let attempts = self
+            .events
+            .iter()
+            .flat_map(|e| e.attempts.iter())
+            .chain(self.extra.iter());
+        for a in attempts {
+            match out.iter_mut().find(|m| m.mechanism == a.mechanism) {
+                Some(m) => {
+                    if a.loads && !m.loads {
+                        m.loads = true;
+                        m.reason = None;
+                    }
+                }
+                None => out.push(MechanismSupport {
+                    mechanism: a.mechanism,
+                    loads: a.loads,
+                    reason: a.reason.clone(),
+                }),
+            }
+        }
+        out.sort_by_key(|m| m.mechanism);
+        out
+    }
+}
+
 /// `state=tracepoint sock:inet_sock_set_state, bind=...`
 pub fn describe(mechanisms: &[Mechanism]) -> String {
     mechanisms
@@ -22,4 +140,70 @@ pub fn describe(mechanisms: &[Mechanism]) -> String {
         .map(|m| format!("{}={}", m.what, m.how))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(how: &str, mechanism: HookKind, loads: bool) -> HookAttempt {
+        HookAttempt {
+            how: how.into(),
+            mechanism,
+            loads,
+            reason: (!loads).then(|| format!("{how}: no")),
+        }
+    }
+
+    #[test]
+    fn support_and_mechanisms_summarise_the_attempts() {
+        let table = HookTable {
+            events: vec![
+                EventHooks {
+                    event: "timewait",
+                    chosen: Some("state tracepoint + sock_diag confirmation".into()),
+                    mechanism: Some(HookKind::Tracepoint),
+                    attempts: vec![attempt("kprobe tcp_time_wait", HookKind::Kprobe, false)],
+                },
+                EventHooks {
+                    event: "bind",
+                    chosen: Some("kprobe+kretprobe inet_bind".into()),
+                    mechanism: Some(HookKind::Kprobe),
+                    attempts: vec![
+                        attempt("fexit inet_bind", HookKind::Fexit, false),
+                        attempt("kprobe+kretprobe inet_bind", HookKind::Kprobe, true),
+                    ],
+                },
+                EventHooks {
+                    event: "connect",
+                    chosen: None,
+                    mechanism: None,
+                    attempts: vec![attempt("fexit c", HookKind::Fexit, false)],
+                },
+            ],
+            extra: vec![attempt("cgroup", HookKind::CgroupSockAddr, false)],
+        };
+        let s = table.support();
+        let get = |k| s.iter().find(|m| m.mechanism == k).unwrap();
+        // One success among the kprobe attempts is enough, and clears the reason.
+        assert!(get(HookKind::Kprobe).loads);
+        assert_eq!(get(HookKind::Kprobe).reason, None);
+        assert!(!get(HookKind::Fexit).loads);
+        assert_eq!(
+            get(HookKind::Fexit).reason.as_deref(),
+            Some("fexit inet_bind: no")
+        );
+        assert!(!get(HookKind::CgroupSockAddr).loads);
+        assert_eq!(s.len(), 3);
+        // Nothing chosen for connect: left out of the attached line.
+        assert_eq!(
+            describe(&table.mechanisms()),
+            "timewait=state tracepoint + sock_diag confirmation, bind=kprobe+kretprobe inet_bind"
+        );
+        assert_eq!(
+            table.event("bind").unwrap().mechanism,
+            Some(HookKind::Kprobe)
+        );
+        assert!(table.event("state").is_none());
+    }
 }

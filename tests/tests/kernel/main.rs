@@ -2,6 +2,7 @@
 //! eBPF programs runs in its own network namespace; run them one at a time
 //! (`cargo xtask test` passes --test-threads=1).
 
+mod doctor;
 mod history;
 mod trace;
 mod who;

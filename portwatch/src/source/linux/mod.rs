@@ -3,7 +3,7 @@
 //! streams decoded events into the pipeline.
 
 pub mod decode;
-mod probe;
+pub mod probe;
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::model::SourceMsg;
 use crate::source::Mechanism;
 use decode::Clock;
 
-pub use probe::{capabilities, Capabilities};
+pub use probe::{capabilities, probe_hooks, Capabilities};
 
 /// Where tracefs must be for tracepoints to attach.
 pub const TRACEFS: &str = "/sys/kernel/tracing";

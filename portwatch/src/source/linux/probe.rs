@@ -3,11 +3,13 @@
 
 use std::path::Path;
 
-use aya::programs::{FEntry, FExit, KProbe, TracePoint};
-use aya::{Btf, Ebpf};
+use aya::maps::MapType;
+use aya::programs::{FEntry, FExit, KProbe, ProgramType, TracePoint};
+use aya::sys::{is_map_supported, is_program_supported};
+use aya::{Btf, Ebpf, EbpfLoader};
 
-use super::{CollectorError, TRACEFS};
-use crate::source::Mechanism;
+use super::{CollectorError, OBJECT, TRACEFS};
+use crate::source::{EventHooks, HookAttempt, HookKind, HookTable, Mechanism};
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -89,9 +91,10 @@ fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result
         .ok_or_else(|| format!("program {prog} missing"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    p.load().map_err(|e| format!("load {prog}: {e}"))?;
+    p.load()
+        .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
     p.attach(category, name)
-        .map_err(|e| format!("attach {category}:{name}: {e}"))?;
+        .map_err(|e| format!("attach {category}:{name}: {}", error_chain(&e)))?;
     Ok(())
 }
 
@@ -101,9 +104,10 @@ fn fexit(ebpf: &mut Ebpf, btf: &Btf, prog: &str, func: &str) -> Result<(), Strin
         .ok_or_else(|| format!("program {prog} missing"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    p.load(func, btf).map_err(|e| format!("load {prog}: {e}"))?;
+    p.load(func, btf)
+        .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
     p.attach()
-        .map_err(|e| format!("attach fexit {func}: {e}"))?;
+        .map_err(|e| format!("attach fexit {func}: {}", error_chain(&e)))?;
     Ok(())
 }
 
@@ -113,9 +117,10 @@ fn fentry(ebpf: &mut Ebpf, btf: &Btf, prog: &str, func: &str) -> Result<(), Stri
         .ok_or_else(|| format!("program {prog} missing"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    p.load(func, btf).map_err(|e| format!("load {prog}: {e}"))?;
+    p.load(func, btf)
+        .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
     p.attach()
-        .map_err(|e| format!("attach fentry {func}: {e}"))?;
+        .map_err(|e| format!("attach fentry {func}: {}", error_chain(&e)))?;
     Ok(())
 }
 
@@ -126,10 +131,11 @@ fn kprobe(ebpf: &mut Ebpf, prog: &str, funcs: &[&str]) -> Result<(), String> {
         .ok_or_else(|| format!("program {prog} missing"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    p.load().map_err(|e| format!("load {prog}: {e}"))?;
+    p.load()
+        .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
     for f in funcs {
         p.attach(*f, 0)
-            .map_err(|e| format!("attach kprobe {f}: {e}"))?;
+            .map_err(|e| format!("attach kprobe {f}: {}", error_chain(&e)))?;
     }
     Ok(())
 }
@@ -149,26 +155,25 @@ fn unload(ebpf: &mut Ebpf, progs: &[&str]) {
     }
 }
 
-type Attempt<'a> = (
-    String,
-    &'a [&'a str],
-    Box<dyn Fn(&mut Ebpf) -> Result<(), String> + 'a>,
-);
+type AttachFn<'a> = Box<dyn Fn(&mut Ebpf) -> Result<(), String> + 'a>;
 
-/// Tries each variant in order; returns the description of the one that
-/// attached, or every variant's error.
-fn first_that_attaches(ebpf: &mut Ebpf, attempts: Vec<Attempt<'_>>) -> Result<String, Vec<String>> {
-    let mut errors = Vec::new();
-    for (how, progs, attach) in attempts {
-        match attach(ebpf) {
-            Ok(()) => return Ok(how),
-            Err(e) => {
-                unload(ebpf, progs);
-                errors.push(format!("{how}: {e}"));
-            }
-        }
-    }
-    Err(errors)
+/// One way of serving a kind of event.
+struct Variant<'a> {
+    how: String,
+    kind: HookKind,
+    /// The programs it loads, to unload when it fails or after probing.
+    progs: &'a [&'a str],
+    attach: AttachFn<'a>,
+}
+
+/// The variants for one kind of event, cheapest first.
+struct Plan<'a> {
+    what: &'static str,
+    /// For the error when nothing attaches.
+    failure: &'static str,
+    variants: Vec<Variant<'a>>,
+    /// Used when no variant attaches; None means tracing cannot run.
+    fallback: Option<(&'static str, HookKind)>,
 }
 
 /// The variants for one syscall-level event, cheapest first.
@@ -203,83 +208,246 @@ const CALL_HOOKS: [CallHooks; 2] = [
     },
 ];
 
-/// Attaches every hook, choosing per kind of event by what loads here.
-pub fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<Mechanism>, CollectorError> {
-    let btf = Btf::from_sys_fs().ok();
-    let btf = btf.as_ref();
-    let mut out = Vec::new();
+/// Kernel BTF, which fentry/fexit need; the error text otherwise.
+fn kernel_btf() -> Result<Btf, String> {
+    Btf::from_sys_fs().map_err(|e| format!("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {e}"))
+}
 
-    tracepoint(ebpf, "inet_sock_set_state", "sock", "inet_sock_set_state").map_err(|detail| {
-        CollectorError::Attach {
-            what: "the TCP state tracepoint",
-            detail,
-        }
-    })?;
-    out.push(Mechanism {
+/// The one place that decides which hooks serve which events, and in what
+/// order they are tried. `trace` ([`attach_all`]) and `doctor`
+/// ([`probe_hooks`]) both walk these plans, so doctor reports exactly what
+/// trace would attach.
+fn plans(btf: &Result<Btf, String>) -> Vec<Plan<'_>> {
+    let mut plans = Vec::new();
+    plans.push(Plan {
         what: "state",
-        how: "tracepoint sock:inet_sock_set_state".into(),
+        failure: "the TCP state tracepoint",
+        variants: vec![Variant {
+            how: "tracepoint sock:inet_sock_set_state".into(),
+            kind: HookKind::Tracepoint,
+            progs: &["inet_sock_set_state"],
+            attach: Box::new(|e: &mut Ebpf| {
+                tracepoint(e, "inet_sock_set_state", "sock", "inet_sock_set_state")
+            }),
+        }],
+        fallback: None,
     });
 
-    let mut tw: Vec<Attempt> = Vec::new();
-    if let Some(btf) = btf {
-        tw.push((
-            "fentry tcp_time_wait".into(),
-            &["fentry_tcp_time_wait"],
-            Box::new(move |e: &mut Ebpf| fentry(e, btf, "fentry_tcp_time_wait", "tcp_time_wait")),
-        ));
-    }
-    tw.push((
-        "kprobe tcp_time_wait".into(),
-        &["kprobe_tcp_time_wait"],
-        Box::new(|e: &mut Ebpf| kprobe(e, "kprobe_tcp_time_wait", &["tcp_time_wait"])),
-    ));
-    let how = first_that_attaches(ebpf, tw)
-        .unwrap_or_else(|_| "state tracepoint + sock_diag confirmation".into());
-    out.push(Mechanism {
+    plans.push(Plan {
         what: "timewait",
-        how,
+        failure: "timewait",
+        variants: vec![
+            Variant {
+                how: "fentry tcp_time_wait".into(),
+                kind: HookKind::Fentry,
+                progs: &["fentry_tcp_time_wait"],
+                attach: Box::new(move |e: &mut Ebpf| {
+                    let btf = btf.as_ref().map_err(Clone::clone)?;
+                    fentry(e, btf, "fentry_tcp_time_wait", "tcp_time_wait")
+                }),
+            },
+            Variant {
+                how: "kprobe tcp_time_wait".into(),
+                kind: HookKind::Kprobe,
+                progs: &["kprobe_tcp_time_wait"],
+                attach: Box::new(|e: &mut Ebpf| {
+                    kprobe(e, "kprobe_tcp_time_wait", &["tcp_time_wait"])
+                }),
+            },
+        ],
+        fallback: Some((
+            "state tracepoint + sock_diag confirmation",
+            HookKind::Tracepoint,
+        )),
     });
 
     for call in CALL_HOOKS {
-        let mut attempts: Vec<Attempt> = Vec::new();
-        if let Some(btf) = btf {
-            attempts.push((
-                format!("fexit {}", call.funcs.join("+")),
-                call.fexit_progs,
-                Box::new(move |e: &mut Ebpf| {
-                    call.fexit_progs
-                        .iter()
-                        .zip(call.funcs)
-                        .try_for_each(|(p, f)| fexit(e, btf, p, f))
-                }),
-            ));
+        plans.push(Plan {
+            what: call.what,
+            failure: call.what,
+            variants: vec![
+                Variant {
+                    how: format!("fexit {}", call.funcs.join("+")),
+                    kind: HookKind::Fexit,
+                    progs: call.fexit_progs,
+                    attach: Box::new(move |e: &mut Ebpf| {
+                        let btf = btf.as_ref().map_err(Clone::clone)?;
+                        call.fexit_progs
+                            .iter()
+                            .zip(call.funcs)
+                            .try_for_each(|(p, f)| fexit(e, btf, p, f))
+                    }),
+                },
+                Variant {
+                    how: format!("kprobe+kretprobe {}", call.funcs.join("+")),
+                    kind: HookKind::Kprobe,
+                    progs: call.kprobe_progs,
+                    attach: Box::new(move |e: &mut Ebpf| {
+                        call.kprobe_progs
+                            .iter()
+                            .try_for_each(|p| kprobe(e, p, call.funcs))
+                    }),
+                },
+                Variant {
+                    how: format!("tracepoint syscalls:{}", call.syscall_tps.join("+")),
+                    kind: HookKind::SyscallTracepoints,
+                    progs: call.syscall_tps,
+                    attach: Box::new(move |e: &mut Ebpf| {
+                        call.syscall_tps
+                            .iter()
+                            .try_for_each(|tp| tracepoint(e, tp, "syscalls", tp))
+                    }),
+                },
+            ],
+            fallback: None,
+        });
+    }
+    plans
+}
+
+/// How [`run_plan`] treats a variant that attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Keep it attached and stop: tracing.
+    Attach,
+    /// Detach and unload it, and go on to the next: probing.
+    Probe,
+}
+
+/// Tries a plan's variants in order and returns every outcome and the
+/// choice: the first variant that attached, else the plan's fallback.
+fn run_plan(ebpf: &mut Ebpf, plan: Plan<'_>, mode: Mode) -> EventHooks {
+    let mut attempts = Vec::new();
+    for v in plan.variants {
+        let result = (v.attach)(ebpf);
+        let loads = result.is_ok();
+        if !loads || mode == Mode::Probe {
+            unload(ebpf, v.progs);
         }
-        attempts.push((
-            format!("kprobe+kretprobe {}", call.funcs.join("+")),
-            call.kprobe_progs,
-            Box::new(move |e: &mut Ebpf| {
-                call.kprobe_progs
-                    .iter()
-                    .try_for_each(|p| kprobe(e, p, call.funcs))
-            }),
-        ));
-        attempts.push((
-            format!("tracepoint syscalls:{}", call.syscall_tps.join("+")),
-            call.syscall_tps,
-            Box::new(move |e: &mut Ebpf| {
-                call.syscall_tps
-                    .iter()
-                    .try_for_each(|tp| tracepoint(e, tp, "syscalls", tp))
-            }),
-        ));
-        let how = first_that_attaches(ebpf, attempts).map_err(|errors| CollectorError::Attach {
-            what: call.what,
-            detail: errors.join("; "),
-        })?;
+        attempts.push(HookAttempt {
+            how: v.how,
+            mechanism: v.kind,
+            loads,
+            reason: result.err(),
+        });
+        if loads && mode == Mode::Attach {
+            break;
+        }
+    }
+    let (chosen, mechanism) = match attempts.iter().find(|a| a.loads) {
+        Some(a) => (Some(a.how.clone()), Some(a.mechanism)),
+        None => match plan.fallback {
+            Some((how, kind)) => (Some(how.to_owned()), Some(kind)),
+            None => (None, None),
+        },
+    };
+    EventHooks {
+        event: plan.what,
+        chosen,
+        mechanism,
+        attempts,
+    }
+}
+
+/// Attaches every hook, choosing per kind of event by what loads here.
+pub fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<Mechanism>, CollectorError> {
+    let btf = kernel_btf();
+    let mut out = Vec::new();
+    for plan in plans(&btf) {
+        let failure = plan.failure;
+        let hooks = run_plan(ebpf, plan, Mode::Attach);
+        let Some(how) = hooks.chosen else {
+            let detail = hooks
+                .attempts
+                .iter()
+                .map(|a| format!("{}: {}", a.how, a.reason.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(CollectorError::Attach {
+                what: failure,
+                detail,
+            });
+        };
         out.push(Mechanism {
-            what: call.what,
+            what: hooks.event,
             how,
         });
     }
     Ok(out)
+}
+
+/// Whether a program type loads (a trivial program, never attached).
+fn program_type(kind: HookKind, ty: ProgramType, how: &str) -> HookAttempt {
+    let (loads, reason) = match is_program_supported(ty) {
+        Ok(true) => (true, None),
+        Ok(false) => (
+            false,
+            Some("this kernel does not know the program type".into()),
+        ),
+        Err(e) => (false, Some(error_chain(&e))),
+    };
+    HookAttempt {
+        how: how.into(),
+        mechanism: kind,
+        loads,
+        reason,
+    }
+}
+
+/// An error with its causes (aya puts the useful part, such as the errno or
+/// the missing file, in the source), without an empty verifier log.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let part = inner.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        src = inner.source();
+    }
+    let s = s.trim_end();
+    s.strip_suffix("Verifier output:")
+        .unwrap_or(s)
+        .trim_end_matches(['.', ' '])
+        .to_owned()
+}
+
+/// Probes what `trace` would attach: loads the embedded eBPF object, walks
+/// the same plans as [`attach_all`] but tries every variant, detaching and
+/// unloading each after it attached, and checks whether the cgroup socket
+/// program types load (portwatch does not use them yet). Nothing stays
+/// attached when this returns. Mounts tracefs if needed, as `trace` does.
+pub fn probe_hooks() -> Result<HookTable, CollectorError> {
+    if !capabilities().can_load_bpf() {
+        return Err(CollectorError::NotPrivileged);
+    }
+    ensure_tracefs()?;
+    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+    let btf = kernel_btf();
+    let events = plans(&btf)
+        .into_iter()
+        .map(|plan| run_plan(&mut ebpf, plan, Mode::Probe))
+        .collect();
+    drop(ebpf);
+    let extra = vec![
+        program_type(
+            HookKind::CgroupSockAddr,
+            ProgramType::CgroupSockAddr,
+            "BPF_PROG_TYPE_CGROUP_SOCK_ADDR (bind4/bind6, connect4/connect6)",
+        ),
+        program_type(
+            HookKind::CgroupSock,
+            ProgramType::CgroupSock,
+            "BPF_PROG_TYPE_CGROUP_SOCK (post_bind4/post_bind6)",
+        ),
+    ];
+    Ok(HookTable { events, extra })
+}
+
+/// Whether `BPF_MAP_TYPE_RINGBUF` maps can be created (Linux 5.8+); the
+/// collector needs one.
+pub fn ring_buffer_supported() -> Result<bool, String> {
+    is_map_supported(MapType::RingBuf).map_err(|e| error_chain(&e))
 }
