@@ -92,7 +92,7 @@ struct Known {
 
 /// Upper bounds on what attribution remembers, so a long trace stays small.
 const MAX_PROCS: usize = 16384;
-const MAX_ORIGINS: usize = 262144;
+const MAX_ORIGINS: usize = 65536;
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); when the table is full, forget
 /// origins older than that and a margin first.
 const ORIGIN_TTL_NS: i128 = 90 * 1_000_000_000;

@@ -17,11 +17,10 @@ use crate::system::{LiveProcesses, LiveSockets, Netns};
 /// intermediate states of a connection would only dilute it.
 pub fn journal_worthy(ev: &Event) -> bool {
     match ev.event {
-        EventKind::Bind
-        | EventKind::Connect
-        | EventKind::Listen
-        | EventKind::Timewait
-        | EventKind::Lost => true,
+        EventKind::Bind | EventKind::Listen | EventKind::Timewait | EventKind::Lost => true,
+        // A successful connect is journaled by its SYN_SENT -> ESTABLISHED,
+        // which also carries the local port the kernel chose.
+        EventKind::Connect => ev.is_failure(),
         EventKind::State => {
             ev.new_state == Some(TcpState::Close)
                 || (ev.old_state == Some(TcpState::SynSent)
@@ -153,6 +152,11 @@ mod tests {
         assert!(journal_worthy(&Event::new(0, EventKind::Listen)));
         assert!(journal_worthy(&Event::new(0, EventKind::Timewait)));
         assert!(journal_worthy(&Event::lost(0, 3)));
+        let mut connect = Event::new(0, EventKind::Connect);
+        connect.set_ret(-99);
+        assert!(journal_worthy(&connect));
+        connect.set_ret(0);
+        assert!(!journal_worthy(&connect));
         assert!(journal_worthy(&state(
             TcpState::SynSent,
             TcpState::Established
