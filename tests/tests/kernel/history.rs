@@ -81,8 +81,8 @@ fn history_says_when_a_port_was_taken_as_an_ephemeral_port() -> Result<()> {
 {START_RECORDER}
 python3 -c '
 import os, socket
-srv = socket.socket(); srv.bind(("127.0.0.1", 8080)); srv.listen()
-c = socket.create_connection(("127.0.0.1", 8080))
+srv = socket.socket(); srv.bind(("127.0.0.1", 23082)); srv.listen()
+c = socket.create_connection(("127.0.0.1", 23082))
 print("CLIENT=%d" % os.getpid())
 print("LOCAL=%d" % c.getsockname()[1])
 '
@@ -102,7 +102,7 @@ kill -TERM $rec; wait $rec
     ensure!(answer.len() == 1, "{out}");
     let a = &answer[0];
     ensure!(a["how"] == "ephemeral" && a["pid"] == client, "{a}");
-    ensure!(a["daddr"] == "127.0.0.1" && a["dport"] == 8080, "{a}");
+    ensure!(a["daddr"] == "127.0.0.1" && a["dport"] == 23082, "{a}");
     Ok(())
 }
 
@@ -113,9 +113,9 @@ fn history_survives_a_recorder_killed_mid_write() -> Result<()> {
         r#"{START_RECORDER}
 python3 -c '
 import socket
-srv = socket.socket(); srv.bind(("127.0.0.1", 8080)); srv.listen(1024)
+srv = socket.socket(); srv.bind(("127.0.0.1", 23082)); srv.listen(1024)
 for _ in range(3000):
-    c = socket.create_connection(("127.0.0.1", 8080)); s, _ = srv.accept(); c.close(); s.close()
+    c = socket.create_connection(("127.0.0.1", 23082)); s, _ = srv.accept(); c.close(); s.close()
 ' &
 load=$!
 sleep 0.5

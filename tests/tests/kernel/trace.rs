@@ -1,4 +1,8 @@
 //! `portwatch trace` against real sockets.
+//!
+//! Tracepoints see every network namespace, so each test uses ports below
+//! the default ephemeral range that nothing else on a developer's machine
+//! is likely to use, and filters on them.
 
 use anyhow::{ensure, Context, Result};
 use integration_tests::{run_portwatch, skip_unless_kernel, traced_run, Run};
@@ -86,14 +90,14 @@ fn timewait(addr: &str, closer: &str) -> Result<()> {
         r#"
 import os, socket, sys, time
 fam = socket.AF_INET6 if ":" in "{addr}" else socket.AF_INET
-srv = socket.socket(fam); srv.bind(("{addr}", 8080)); srv.listen(64)
+srv = socket.socket(fam); srv.bind(("{addr}", 23080)); srv.listen(64)
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
     # client process
     os.close(r)
     for _ in range({N}):
-        c = socket.create_connection(("{addr}", 8080))
+        c = socket.create_connection(("{addr}", 23080))
         if "{closer}" == "client":
             c.close()
         else:
@@ -116,7 +120,7 @@ os.waitpid(pid, 0)
 time.sleep(0.2)
 "#
     );
-    let run = traced_run("", &["--port", "8080"], &py)?;
+    let run = traced_run("", &["--port", "23080"], &py)?;
     check_clean_exit(&run)?;
     let closer_pid = run.var(&closer.to_uppercase()).context("closer pid")?;
     let tw: Vec<&Value> = run.of_kind("timewait").collect();
@@ -188,13 +192,13 @@ fn exhaustion(addr: &str) -> Result<()> {
         r#"
 import os, socket
 fam = socket.AF_INET6 if ":" in "{addr}" else socket.AF_INET
-srv = socket.socket(fam); srv.bind(("{addr}", 5432)); srv.listen(64)
+srv = socket.socket(fam); srv.bind(("{addr}", 23432)); srv.listen(64)
 print("CLIENT=%d" % os.getpid())
 conns = []
 for i in range(6):
     c = socket.socket(fam)
     try:
-        c.connect(("{addr}", 5432)); conns.append(c)
+        c.connect(("{addr}", 23432)); conns.append(c)
     except OSError as e:
         print("FAILED_AT=%d" % (i + 1)); print("ERR=%d" % e.errno)
         break
@@ -203,7 +207,7 @@ print("OK=%d" % len(conns), flush=True)
     );
     let run = traced_run(
         "sysctl -qw net.ipv4.ip_local_port_range='40000 40004'",
-        &["--port", "5432"],
+        &["--port", "23432"],
         &py,
     )?;
     check_clean_exit(&run)?;
@@ -225,7 +229,7 @@ print("OK=%d" % len(conns), flush=True)
     let e = failed[0];
     ensure!(e["pid"] == client, "{e}");
     ensure!(
-        e["daddr"] == addr && e["dport"] == 5432 && e["ret"] == -99,
+        e["daddr"] == addr && e["dport"] == 23432 && e["ret"] == -99,
         "{e}"
     );
     let ok = run
@@ -265,15 +269,15 @@ fn tiny_ring_under_a_burst_reports_lost_events() -> Result<()> {
     skip_unless_kernel!();
     let py = r#"
 import socket
-srv = socket.socket(); srv.bind(("127.0.0.1", 9000)); srv.listen(1024)
+srv = socket.socket(); srv.bind(("127.0.0.1", 23900)); srv.listen(1024)
 for _ in range(400):
-    c = socket.create_connection(("127.0.0.1", 9000)); s, _ = srv.accept(); c.close(); s.close()
+    c = socket.create_connection(("127.0.0.1", 23900)); s, _ = srv.accept(); c.close(); s.close()
 "#;
     let run = traced_run(
         "",
         &[
             "--port",
-            "9000",
+            "23900",
             "--ring-bytes",
             "4096",
             "--stall-reader-ms",
@@ -335,13 +339,13 @@ fn pid_filter_runs_in_the_kernel_and_keeps_other_processes_out() -> Result<()> {
     // check that nothing but the summary comes out while traffic flows.
     let py = r#"
 import socket
-srv = socket.socket(); srv.bind(("127.0.0.1", 7000)); srv.listen()
+srv = socket.socket(); srv.bind(("127.0.0.1", 23700)); srv.listen()
 for _ in range(3):
-    c = socket.create_connection(("127.0.0.1", 7000)); s, _ = srv.accept(); c.close(); s.close()
+    c = socket.create_connection(("127.0.0.1", 23700)); s, _ = srv.accept(); c.close(); s.close()
 "#;
-    let filtered = traced_run("", &["--pid", "4000000", "--port", "7000"], py)?;
+    let filtered = traced_run("", &["--pid", "4000000", "--port", "23700"], py)?;
     check_clean_exit(&filtered)?;
-    let unfiltered = traced_run("", &["--port", "7000"], py)?;
+    let unfiltered = traced_run("", &["--port", "23700"], py)?;
     check_clean_exit(&unfiltered)?;
     ensure!(
         unfiltered.events.len() > 10,
@@ -390,15 +394,15 @@ import ctypes, os, socket, subprocess, time
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.unshare(0x40000000) == 0, "unshare(CLONE_NEWNET)"
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-srv = socket.socket(); srv.bind(("127.0.0.1", 8080)); srv.listen(16)
+srv = socket.socket(); srv.bind(("127.0.0.1", 23081)); srv.listen(16)
 print("SERVER=%d" % os.getpid(), flush=True)
 pid = os.fork()
 if pid == 0:
     b = socket.socket()
-    try: b.bind(("127.0.0.1", 8080))
+    try: b.bind(("127.0.0.1", 23081))
     except OSError: print("BINDER=%d" % os.getpid(), flush=True)
     for _ in range(3):
-        c = socket.create_connection(("127.0.0.1", 8080)); c.close()
+        c = socket.create_connection(("127.0.0.1", 23081)); c.close()
         time.sleep(0.01)
     os._exit(0)
 for _ in range(3):
@@ -407,7 +411,7 @@ os.waitpid(pid, 0)
 out = subprocess.run(["ss", "-tanH", "state", "time-wait"], capture_output=True, text=True).stdout
 print("INNER_TW=%d" % len([l for l in out.splitlines() if l.strip()]), flush=True)
 "#;
-    let run = traced_run("", &["--port", "8080"], py)?;
+    let run = traced_run("", &["--port", "23081"], py)?;
     check_clean_exit(&run)?;
     ensure!(run.var("INNER_TW") == Some(3), "{}", run.workload);
     ensure!(run.ss_timewait_count() == 0, "the outer namespace has none");
