@@ -88,6 +88,8 @@ struct Known {
     comm: Option<String>,
     family: Option<Family>,
     time: i128,
+    /// The last state this trace saw the socket in.
+    state: Option<TcpState>,
 }
 
 /// Upper bounds on what attribution remembers, so a long trace stays small.
@@ -154,6 +156,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             comm: ev.comm.clone(),
             family: ev.family,
             time: ev.time,
+            state: ev.new_state,
         }
     }
 
@@ -175,6 +178,14 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 }
                 if new == Some(TcpState::Established) {
                     self.remember_origin(&ev);
+                } else if let (Some(sa), Some(sp), Some(da), Some(dp)) =
+                    (ev.saddr, ev.sport, ev.daddr, ev.dport)
+                {
+                    // Events arrive in order, so this is the state the socket
+                    // was in when any later event (a bind) happened.
+                    if let Some(k) = self.origins.get_mut(&(sa, sp, da, dp)) {
+                        k.state = new;
+                    }
                 }
                 let closing = matches!(old, Some(TcpState::FinWait2 | TcpState::Closing))
                     && new == Some(TcpState::Close);
@@ -271,15 +282,23 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 daddr: best.daddr,
                 dport: best.dport,
             };
+            // The snapshot is taken when the bind's event is processed, a
+            // little after it happened; what the trace saw of that connection
+            // up to the bind is the state it held the port in.
+            let seen = self
+                .origins
+                .get(&(best.saddr, best.sport, best.daddr, best.dport));
+            if let Some(k) = seen {
+                if k.state.is_some() && k.state != Some(TcpState::Close) {
+                    h.state = k.state;
+                }
+            }
             if h.pid.is_none() {
-                let known = self
-                    .origins
-                    .get(&(best.saddr, best.sport, best.daddr, best.dport))
-                    .or_else(|| {
-                        (best.state == Some(TcpState::Listen))
-                            .then(|| self.listeners.get(&port))
-                            .flatten()
-                    });
+                let known = seen.or_else(|| {
+                    (best.state == Some(TcpState::Listen))
+                        .then(|| self.listeners.get(&port))
+                        .flatten()
+                });
                 if let Some(k) = known {
                     h.pid = k.pid;
                     h.comm.clone_from(&k.comm);
@@ -538,7 +557,14 @@ mod tests {
         )));
         let out = a.process(msg(failed_bind(32, 1433)));
         let h = out[0].holder.as_ref().expect("holder");
-        assert_eq!((h.pid, h.state), (Some(31), Some(TcpState::TimeWait)));
+        // It held the port ESTABLISHED when the bind failed, whatever the
+        // snapshot taken a moment later says.
+        assert_eq!((h.pid, h.state), (Some(31), Some(TcpState::Established)));
+        let fin = state(31, TcpState::Established, TcpState::FinWait1, 1433, 8080);
+        a.process(msg(fin));
+        let out = a.process(msg(failed_bind(32, 1433)));
+        let h = out[0].holder.as_ref().expect("holder");
+        assert_eq!(h.state, Some(TcpState::FinWait1));
     }
 
     #[test]
