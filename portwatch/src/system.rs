@@ -11,7 +11,7 @@ use crate::aggregate::PortRange;
 use crate::attribution::{PortSocket, ProcessInfo, ProcessLookup, SocketProbe};
 use crate::model::{Protocol, TcpState};
 use crate::procfd;
-use crate::sockdiag::{Proto, SockDiag};
+use crate::sockdiag::{Proto, SockDiag, SocketEntry};
 
 const MAX_NETNS: usize = 4096;
 
@@ -142,16 +142,7 @@ impl SocketProbe for LiveSockets {
                 return Vec::new();
             }
         };
-        let inodes: Vec<u64> = entries
-            .iter()
-            .map(|e| e.inode)
-            .filter(|i| *i != 0)
-            .collect();
-        let owners = if inodes.is_empty() {
-            Default::default()
-        } else {
-            procfd::owners_of(&inodes)
-        };
+        let owners = owners_of(&entries);
         entries
             .into_iter()
             .map(|e| {
@@ -174,6 +165,21 @@ impl SocketProbe for LiveSockets {
                 }
             })
             .collect()
+    }
+}
+
+/// The processes holding each socket of a snapshot, by inode (TIME_WAIT and
+/// orphaned sockets have none). Scans /proc only when there is something to find.
+pub fn owners_of(entries: &[SocketEntry]) -> HashMap<u64, Vec<procfd::SocketOwner>> {
+    let inodes: Vec<u64> = entries
+        .iter()
+        .map(|e| e.inode)
+        .filter(|i| *i != 0)
+        .collect();
+    if inodes.is_empty() {
+        HashMap::new()
+    } else {
+        procfd::owners_of(&inodes)
     }
 }
 

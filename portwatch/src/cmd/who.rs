@@ -257,16 +257,7 @@ pub fn run(args: WhoArgs) -> anyhow::Result<()> {
     let entries = diag
         .sockets_on_port(args.port)
         .with_context(|| format!("cannot list the sockets on port {}", args.port))?;
-    let inodes: Vec<u64> = entries
-        .iter()
-        .map(|e| e.inode)
-        .filter(|i| *i != 0)
-        .collect();
-    let owners = if inodes.is_empty() {
-        HashMap::new()
-    } else {
-        procfd::owners_of(&inodes)
-    };
+    let owners = crate::system::owners_of(&entries);
     let privileged = crate::source::linux::capabilities().is_root();
     let mut r = report(
         args.port,
