@@ -43,3 +43,58 @@ impl EventFilter {
         self.selects(ev) && (!self.errors_only || ev.event == EventKind::Lost || ev.is_failure())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, pid: u32, comm: &str, sport: u16, dport: u16) -> Event {
+        let mut e = Event::new(0, kind);
+        e.pid = Some(pid);
+        e.comm = Some(comm.into());
+        e.sport = Some(sport);
+        e.dport = Some(dport);
+        e
+    }
+
+    #[test]
+    fn ports_match_either_end_and_pid_and_comm_must_match() {
+        let f = EventFilter {
+            ports: vec![1433, 80],
+            ..Default::default()
+        };
+        assert!(f.selects(&ev(EventKind::State, 1, "a", 1433, 50000)));
+        assert!(f.selects(&ev(EventKind::State, 1, "a", 50000, 80)));
+        assert!(!f.selects(&ev(EventKind::State, 1, "a", 50000, 443)));
+        let f = EventFilter {
+            pid: Some(7),
+            comm: Some("nginx".into()),
+            ..Default::default()
+        };
+        assert!(f.selects(&ev(EventKind::Bind, 7, "nginx", 80, 0)));
+        assert!(!f.selects(&ev(EventKind::Bind, 8, "nginx", 80, 0)));
+        assert!(!f.selects(&ev(EventKind::Bind, 7, "nginx-worker", 80, 0)));
+        let mut unknown = ev(EventKind::State, 0, "", 1, 2);
+        unknown.pid = None;
+        assert!(!f.selects(&unknown), "an unattributed event is not pid 7's");
+    }
+
+    #[test]
+    fn lost_events_always_pass_and_errors_narrow_only_what_is_shown() {
+        let f = EventFilter {
+            pid: Some(7),
+            ports: vec![1],
+            comm: Some("x".into()),
+            errors_only: true,
+        };
+        assert!(f.shows(&Event::lost(0, 5)));
+        let mut bind = ev(EventKind::Bind, 7, "x", 1, 0);
+        bind.set_ret(0);
+        assert!(f.selects(&bind) && !f.shows(&bind));
+        bind.set_ret(-98);
+        assert!(f.shows(&bind));
+        let mut pending = ev(EventKind::Connect, 7, "x", 0, 1);
+        pending.set_ret(-115);
+        assert!(!f.shows(&pending), "EINPROGRESS is not a failure");
+    }
+}
