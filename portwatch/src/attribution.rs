@@ -53,6 +53,11 @@ pub struct ProcessInfo {
 
 pub trait ProcessLookup {
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo>;
+    /// The path of a cgroup v2 id, for processes that are gone by the time
+    /// their event is read.
+    fn cgroup_path(&mut self, _id: u64) -> Option<String> {
+        None
+    }
 }
 
 /// For replays: nothing live to ask.
@@ -147,6 +152,11 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             ev.cmdline.clone_from(&info.cmdline);
             ev.cgroup.clone_from(&info.cgroup);
             ev.netns = info.netns;
+        }
+        if ev.cgroup.is_none() {
+            if let Some(id) = ev.cgroup_id {
+                ev.cgroup = self.processes.cgroup_path(id);
+            }
         }
     }
 

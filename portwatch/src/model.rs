@@ -184,6 +184,10 @@ pub struct Event {
     /// cgroup path (systemd unit or container), when the process could be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The cgroup v2 id the kernel saw the owner in; it names the cgroup even
+    /// after the process has exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
     /// For `lost` events: how many events were dropped since the previous one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
@@ -220,6 +224,7 @@ impl Event {
             attribution: Attribution::Unknown,
             cmdline: None,
             cgroup: None,
+            cgroup_id: None,
             lost: None,
             sock: None,
             netns: None,

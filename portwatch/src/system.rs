@@ -187,16 +187,79 @@ pub fn owners_of(entries: &[SocketEntry]) -> HashMap<u64, Vec<procfd::SocketOwne
 #[derive(Clone, Default)]
 pub struct LiveProcesses {
     netns: Netns,
+    cgroups: CgroupIndex,
 }
 
 impl LiveProcesses {
     /// Namespaces found here are registered in `netns` for [`LiveSockets`].
     pub fn new(netns: Netns) -> Self {
-        LiveProcesses { netns }
+        LiveProcesses {
+            netns,
+            cgroups: CgroupIndex::default(),
+        }
     }
 }
 
+/// cgroup v2 ids (the inode of the cgroup's directory) to paths, rebuilt
+/// when an unknown id turns up, at most once a second.
+#[derive(Clone, Default)]
+struct CgroupIndex {
+    paths: HashMap<u64, String>,
+    scanned: Option<std::time::Instant>,
+}
+
+impl CgroupIndex {
+    fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.paths.get(&id) {
+            return Some(p.clone());
+        }
+        if self
+            .scanned
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.scanned = Some(std::time::Instant::now());
+        self.paths.clear();
+        let root = cgroup2_mount()?;
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                let rel = dir
+                    .strip_prefix(&root)
+                    .map_or_else(|_| "/".to_owned(), |r| format!("/{}", r.display()));
+                self.paths.insert(meta.ino(), rel);
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        self.paths.get(&id).cloned()
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
+/// /sys/fs/cgroup/unified on hybrid systems).
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))
+            .flatten()
+    })
+}
+
 impl ProcessLookup for LiveProcesses {
+    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        self.cgroups.path(id)
+    }
+
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo> {
         let netns = self.netns.register(pid);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -310,6 +373,26 @@ mod tests {
             Some("session-3.scope")
         );
         assert_eq!(unit_from_cgroup("/"), None);
+    }
+
+    #[test]
+    fn maps_a_cgroup_id_back_to_its_path() {
+        let Some(root) = cgroup2_mount() else {
+            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|s| cgroup_path(&s))
+            .expect("own cgroup");
+        let dir = root.join(own.trim_start_matches('/'));
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            eprintln!("SKIPPED: own cgroup {own} is not under {}", root.display());
+            return;
+        };
+        let mut p = LiveProcesses::default();
+        assert_eq!(p.cgroup_path(meta.ino()).as_deref(), Some(own.as_str()));
+        assert_eq!(p.cgroup_path(u64::MAX), None);
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub fn decode(raw: &RawEvent, clock: &Clock) -> Result<(Event, Hints), DecodeErr
         ev.tid = Some(o.tid);
         ev.uid = Some(o.uid);
         ev.comm = Some(comm(&o.comm));
+        ev.cgroup_id = (o.cgroup_id != 0).then_some(o.cgroup_id);
     }
     ev.attribution = if raw.flags & flags::OWNER_CURRENT != 0 {
         Attribution::Current
@@ -208,6 +209,7 @@ mod tests {
         assert_eq!(ev.pid, Some(4242));
         assert_eq!(ev.tid, Some(4243));
         assert_eq!(ev.comm.as_deref(), Some("curl"));
+        assert_eq!(ev.cgroup_id, Some(7));
         assert_eq!(ev.saddr, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(ev.daddr, Some("10.1.2.3".parse().unwrap()));
         assert_eq!((ev.sport, ev.dport), (Some(40001), Some(1433)));
