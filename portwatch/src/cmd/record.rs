@@ -100,6 +100,10 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // One stream for the whole run: a `ctrl_c()` future made afresh in each
+    // loop turn misses a SIGINT that lands while an event is being handled,
+    // which under load is almost always.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
@@ -116,7 +120,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
                 None => break,
             },
             _ = tick.tick() => writer.sync_if_due().context("syncing the journal")?,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut until_deadline => break,
         }

@@ -101,6 +101,10 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     .quiet(args.summary_only);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // One stream for the whole run: a `ctrl_c()` future made afresh in each
+    // loop turn misses a SIGINT that lands while an event is being handled,
+    // which under load is almost always.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
         match deadline {
@@ -123,7 +127,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
                 }
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut until_deadline => break,
         }
