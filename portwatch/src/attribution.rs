@@ -38,6 +38,14 @@ pub trait SocketProbe {
     ) -> Option<TcpState>;
     /// Every TCP and UDP socket whose local port is `port`.
     fn on_port(&mut self, port: u16) -> Vec<PortSocket>;
+    /// [`SocketProbe::tcp_state`] for many sockets, in order: one round trip
+    /// where the probe can batch.
+    fn tcp_states(&mut self, tuples: &[Tuple]) -> Vec<Option<TcpState>> {
+        tuples
+            .iter()
+            .map(|&(sa, sp, da, dp)| self.tcp_state(sa, sp, da, dp))
+            .collect()
+    }
 }
 
 /// What portwatch adds about a process.
@@ -69,7 +77,8 @@ impl ProcessLookup for Offline {
     }
 }
 
-type Tuple = (IpAddr, u16, IpAddr, u16);
+/// A TCP connection's (saddr, sport, daddr, dport).
+pub type Tuple = (IpAddr, u16, IpAddr, u16);
 
 #[derive(Clone, Debug)]
 struct Known {
@@ -77,6 +86,19 @@ struct Known {
     comm: Option<String>,
     family: Option<Family>,
     time: i128,
+}
+
+/// Whether `ev` is a FIN_WAIT2/CLOSING -> CLOSE that only the socket table
+/// can confirm as TIME_WAIT.
+fn needs_socket_check(ev: &Event, hints: Hints) -> bool {
+    ev.event == EventKind::State
+        && !hints.timewait_confirmed
+        && matches!(ev.old_state, Some(TcpState::FinWait2 | TcpState::Closing))
+        && ev.new_state == Some(TcpState::Close)
+}
+
+fn tuple(ev: &Event) -> Option<Tuple> {
+    Some((ev.saddr?, ev.sport?, ev.daddr?, ev.dport?))
 }
 
 /// Upper bounds on what attribution remembers, so a long trace stays small.
@@ -93,6 +115,8 @@ pub struct Attributor<S, P> {
     listeners: HashMap<u16, Known>,
     /// Who created each TIME_WAIT socket (the kernel forgets: they have no owner).
     tw_origins: HashMap<Tuple, Known>,
+    /// Socket states fetched ahead for the batch being processed.
+    prefetched: HashMap<Tuple, Option<TcpState>>,
 }
 
 impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
@@ -103,14 +127,42 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             proc_cache: HashMap::new(),
             listeners: HashMap::new(),
             tw_origins: HashMap::new(),
+            prefetched: HashMap::new(),
         }
+    }
+
+    /// Looks up, in one batch, every socket that the TIME_WAIT check of
+    /// these messages will ask about; [`Attributor::process`] then uses the
+    /// answers instead of one round trip per event.
+    pub fn prefetch(&mut self, msgs: &[SourceMsg]) {
+        self.prefetched.clear();
+        let tuples: Vec<Tuple> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                SourceMsg::Event(ev, hints) if needs_socket_check(ev, *hints) => tuple(ev),
+                _ => None,
+            })
+            .collect();
+        if tuples.is_empty() {
+            return;
+        }
+        let states = self.sockets.tcp_states(&tuples);
+        self.prefetched.extend(tuples.into_iter().zip(states));
     }
 
     /// One message in, zero or more answers out.
     pub fn process(&mut self, msg: SourceMsg) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.process_into(msg, &mut out);
+        out
+    }
+
+    /// [`Attributor::process`] appending to `out`, so that a caller can
+    /// reuse one buffer instead of allocating per event.
+    pub fn process_into(&mut self, msg: SourceMsg, out: &mut Vec<Event>) {
         match msg {
-            SourceMsg::Lost { time, count } => vec![Event::lost(time, count)],
-            SourceMsg::Event(ev, hints) => self.event(ev, hints),
+            SourceMsg::Lost { time, count } => out.push(Event::lost(time, count)),
+            SourceMsg::Event(ev, hints) => self.event(ev, hints, out),
         }
     }
 
@@ -143,14 +195,14 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         }
     }
 
-    fn event(&mut self, mut ev: Event, hints: Hints) -> Vec<Event> {
+    fn event(&mut self, mut ev: Event, hints: Hints, out: &mut Vec<Event>) {
         self.enrich(&mut ev);
         match ev.event {
             EventKind::Listen => {
                 if let Some(port) = ev.sport {
                     self.listeners.insert(port, Self::known(&ev));
                 }
-                vec![ev]
+                out.push(ev);
             }
             EventKind::State => {
                 let (old, new) = (ev.old_state, ev.new_state);
@@ -168,9 +220,10 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                         ..ev.clone()
                     };
                     self.remember_tw(&tw);
-                    vec![ev, tw]
+                    out.push(ev);
+                    out.push(tw);
                 } else {
-                    vec![ev]
+                    out.push(ev);
                 }
             }
             EventKind::Bind => {
@@ -179,9 +232,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                         ev.holder = self.holder(port, ev.family);
                     }
                 }
-                vec![ev]
+                out.push(ev);
             }
-            _ => vec![ev],
+            _ => out.push(ev),
         }
     }
 
@@ -193,11 +246,14 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         if hints.timewait_confirmed {
             return true;
         }
-        let (Some(sa), Some(sp), Some(da), Some(dp)) = (ev.saddr, ev.sport, ev.daddr, ev.dport)
-        else {
+        let Some(t) = tuple(ev) else {
             return false;
         };
-        self.sockets.tcp_state(sa, sp, da, dp) == Some(TcpState::TimeWait)
+        let state = match self.prefetched.remove(&t) {
+            Some(state) => state,
+            None => self.sockets.tcp_state(t.0, t.1, t.2, t.3),
+        };
+        state == Some(TcpState::TimeWait)
     }
 
     fn remember_tw(&mut self, tw: &Event) {
@@ -371,6 +427,37 @@ mod tests {
         )));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].event, EventKind::State);
+    }
+
+    #[test]
+    fn a_prefetched_batch_is_confirmed_without_a_lookup_per_event() {
+        let mut sockets = FakeSockets::default();
+        sockets.states.insert(
+            (ip("10.0.0.1"), 40001, ip("10.0.0.2"), 80),
+            TcpState::TimeWait,
+        );
+        let mut a = Attributor::new(sockets, FakeProcs(0));
+        let batch = vec![
+            msg(state(7, TcpState::FinWait2, TcpState::Close, 40001, 80)),
+            msg(state(7, TcpState::FinWait2, TcpState::Close, 40002, 80)),
+            msg(state(
+                7,
+                TcpState::Established,
+                TcpState::FinWait1,
+                40003,
+                80,
+            )),
+        ];
+        a.prefetch(&batch);
+        assert_eq!(a.sockets.lookups, 2, "only the two closes need the table");
+        let out: Vec<Event> = batch.into_iter().flat_map(|m| a.process(m)).collect();
+        assert_eq!(a.sockets.lookups, 2, "answers come from the prefetch");
+        let tw: Vec<&Event> = out
+            .iter()
+            .filter(|e| e.event == EventKind::Timewait)
+            .collect();
+        assert_eq!(tw.len(), 1);
+        assert_eq!(tw[0].sport, Some(40001));
     }
 
     #[test]

@@ -53,6 +53,22 @@ impl SocketProbe for LiveSockets {
         }
     }
 
+    fn tcp_states(&mut self, tuples: &[crate::attribution::Tuple]) -> Vec<Option<TcpState>> {
+        let Some(diag) = self.diag.as_mut() else {
+            return vec![None; tuples.len()];
+        };
+        match diag.tcp_lookup_many(tuples) {
+            Ok(found) => found
+                .into_iter()
+                .map(|e| e.and_then(|s| TcpState::from_kernel(s.state)))
+                .collect(),
+            Err(e) => {
+                log::debug!("sock_diag lookups failed: {e}");
+                vec![None; tuples.len()]
+            }
+        }
+    }
+
     fn on_port(&mut self, port: u16) -> Vec<PortSocket> {
         let Some(diag) = self.diag.as_mut() else {
             return Vec::new();
