@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{flags, kind};
 
-use crate::common::{current_tid, emit_call, read_sockaddr, Space, PENDING_CONNECT};
+use crate::common::{current_tid, emit_call, read_sockaddr, tp_field, Space, PENDING_CONNECT};
 
 /// int __inet_stream_connect(struct socket *sock, struct sockaddr *uaddr,
 ///                           int addr_len, int flags, int is_sendmsg)
@@ -55,10 +55,10 @@ pub fn kretprobe_inet_stream_connect(ctx: RetProbeContext) -> u32 {
 /// `syscalls:sys_enter_connect`: fd @16, uservaddr @24, addrlen @32.
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if let Ok(uaddr) = unsafe { ctx.read_at::<u64>(24) } {
-        if let Some(call) = read_sockaddr(uaddr as *const u8, Space::User) {
-            let _ = PENDING_CONNECT.insert(&current_tid(), &call, 0);
-        }
+    // SAFETY: a u64 at 24 in the syscall tracepoint's record.
+    let uaddr: u64 = unsafe { tp_field(&ctx, 24) };
+    if let Some(call) = read_sockaddr(uaddr as *const u8, Space::User) {
+        let _ = PENDING_CONNECT.insert(&current_tid(), &call, 0);
     }
     0
 }
@@ -66,9 +66,9 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 /// `syscalls:sys_exit_connect`: ret (long) @16.
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    if let Ok(ret) = unsafe { ctx.read_at::<i64>(16) } {
-        finish(ret as i32);
-    }
+    // SAFETY: ret, a long at 16 in the syscall tracepoint's record.
+    let ret: i64 = unsafe { tp_field(&ctx, 16) };
+    finish(ret as i32);
     0
 }
 

@@ -6,7 +6,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use portwatch_common::{flags, kind, tcp_state as st, Owner, IPPROTO_TCP};
 
-use crate::common::{current_owner, submit, wanted, LISTENERS, OWNERS, PENDING_CONNECT};
+use crate::common::{current_owner, submit, tp_field, wanted, LISTENERS, OWNERS, PENDING_CONNECT};
 use crate::timewait::TW_PENDING;
 
 const SKADDR: usize = 8;
@@ -20,6 +20,16 @@ const SADDR: usize = 32;
 const DADDR: usize = 36;
 const SADDR_V6: usize = 40;
 const DADDR_V6: usize = 56;
+
+#[inline(always)]
+fn v6(ctx: &TracePointContext, off: usize) -> [u8; 16] {
+    // SAFETY: saddr_v6/daddr_v6 are 16 bytes at 8-aligned offsets.
+    let (hi, lo): (u64, u64) = unsafe { (tp_field(ctx, off), tp_field(ctx, off + 8)) };
+    let mut a = [0u8; 16];
+    a[..8].copy_from_slice(&hi.to_ne_bytes());
+    a[8..].copy_from_slice(&lo.to_ne_bytes());
+    a
+}
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -41,27 +51,53 @@ fn in_process_context(old: u8, new: u8) -> bool {
     )
 }
 
+/// Word by word: a derived `==` on the comm array may become a memcmp call,
+/// which BPF has not.
+#[inline(always)]
+fn same_owner(a: &Owner, b: &Owner) -> bool {
+    const WORDS: usize = core::mem::size_of::<Owner>() / 8;
+    // SAFETY: Owner is repr(C), 8-byte aligned, a multiple of 8 bytes, and
+    // every bit pattern is a valid u64.
+    let (a, b) = unsafe {
+        (
+            &*(a as *const Owner as *const [u64; WORDS]),
+            &*(b as *const Owner as *const [u64; WORDS]),
+        )
+    };
+    let mut same = true;
+    for i in 0..WORDS {
+        same &= a[i] == b[i];
+    }
+    same
+}
+
 #[inline(always)]
 fn listener_key(family: u16, port: u16) -> u32 {
     ((family as u32) << 16) | port as u32
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let protocol: u16 = unsafe { ctx.read_at(PROTOCOL)? };
+    // SAFETY: offsets and sizes are the tracepoint's format (see above).
+    let protocol: u16 = unsafe { tp_field(ctx, PROTOCOL) };
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let skaddr: u64 = unsafe { ctx.read_at(SKADDR)? };
-    let old = unsafe { ctx.read_at::<i32>(OLDSTATE)? } as u8;
-    let new = unsafe { ctx.read_at::<i32>(NEWSTATE)? } as u8;
-    let sport: u16 = unsafe { ctx.read_at(SPORT)? };
-    let dport: u16 = unsafe { ctx.read_at(DPORT)? };
-    let family: u16 = unsafe { ctx.read_at(FAMILY)? };
+    let skaddr: u64 = unsafe { tp_field(ctx, SKADDR) };
+    let old = unsafe { tp_field::<i32>(ctx, OLDSTATE) } as u8;
+    let new = unsafe { tp_field::<i32>(ctx, NEWSTATE) } as u8;
+    let sport: u16 = unsafe { tp_field(ctx, SPORT) };
+    let dport: u16 = unsafe { tp_field(ctx, DPORT) };
+    let family: u16 = unsafe { tp_field(ctx, FAMILY) };
 
     let mut ev_flags = 0u8;
     let owner: Owner = if in_process_context(old, new) {
         let owner = current_owner();
-        let _ = OWNERS.insert(&skaddr, &owner, 0);
+        // close() usually runs in the thread that connected or accepted:
+        // rewriting an identical entry would only cost an LRU update.
+        let known = unsafe { OWNERS.get(&skaddr) }.is_some_and(|o| same_owner(o, &owner));
+        if !known {
+            let _ = OWNERS.insert(&skaddr, &owner, 0);
+        }
         if new == st::LISTEN {
             let _ = LISTENERS.insert(&listener_key(family, sport), &owner, 0);
         }
@@ -109,14 +145,16 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             ev.sport = sport;
             ev.dport = dport;
             ev.skaddr = skaddr;
+            // Addresses are in network order: copy their bytes as they lie
+            // (native-endian words keep the byte order).
             if family == portwatch_common::AF_INET {
-                ev.saddr[..4]
-                    .copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(SADDR) }.unwrap_or([0; 4]));
-                ev.daddr[..4]
-                    .copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(DADDR) }.unwrap_or([0; 4]));
+                let s4: u32 = unsafe { tp_field(ctx, SADDR) };
+                let d4: u32 = unsafe { tp_field(ctx, DADDR) };
+                ev.saddr[..4].copy_from_slice(&s4.to_ne_bytes());
+                ev.daddr[..4].copy_from_slice(&d4.to_ne_bytes());
             } else {
-                ev.saddr = unsafe { ctx.read_at(SADDR_V6) }.unwrap_or([0; 16]);
-                ev.daddr = unsafe { ctx.read_at(DADDR_V6) }.unwrap_or([0; 16]);
+                ev.saddr = v6(ctx, SADDR_V6);
+                ev.daddr = v6(ctx, DADDR_V6);
             }
             ev.owner = owner;
         });

@@ -12,7 +12,8 @@ use aya_ebpf::{
 use portwatch_common::tcp_state;
 
 #[map]
-pub static TW_PENDING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+pub static TW_PENDING: LruHashMap<u64, u8> =
+    LruHashMap::with_max_entries(16384, crate::common::BPF_F_NO_COMMON_LRU);
 
 #[inline(always)]
 fn mark(sk: u64, state: i32) {

@@ -40,6 +40,14 @@ pub trait SocketProbe {
     ) -> Option<TcpState>;
     /// Every TCP and UDP socket whose local port is `port`.
     fn on_port(&mut self, netns: Option<u64>, port: u16) -> Vec<PortSocket>;
+    /// [`SocketProbe::tcp_state`] for many sockets of one namespace, in
+    /// order: one round trip where the probe can batch.
+    fn tcp_states(&mut self, netns: Option<u64>, tuples: &[Tuple]) -> Vec<Option<TcpState>> {
+        tuples
+            .iter()
+            .map(|&(sa, sp, da, dp)| self.tcp_state(netns, sa, sp, da, dp))
+            .collect()
+    }
 }
 
 /// What portwatch adds about a process.
@@ -85,7 +93,8 @@ impl ProcessLookup for Offline {
     }
 }
 
-type Tuple = (IpAddr, u16, IpAddr, u16);
+/// A TCP connection's (saddr, sport, daddr, dport).
+pub type Tuple = (IpAddr, u16, IpAddr, u16);
 
 #[derive(Clone, Debug)]
 struct Known {
@@ -95,6 +104,19 @@ struct Known {
     time: i128,
     /// The last state this trace saw the socket in.
     state: Option<TcpState>,
+}
+
+/// Whether `ev` is a FIN_WAIT2/CLOSING -> CLOSE that only the socket table
+/// can confirm as TIME_WAIT.
+fn needs_socket_check(ev: &Event, hints: Hints) -> bool {
+    ev.event == EventKind::State
+        && !hints.timewait_confirmed
+        && matches!(ev.old_state, Some(TcpState::FinWait2 | TcpState::Closing))
+        && ev.new_state == Some(TcpState::Close)
+}
+
+fn tuple(ev: &Event) -> Option<Tuple> {
+    Some((ev.saddr?, ev.sport?, ev.daddr?, ev.dport?))
 }
 
 /// Upper bounds on what attribution remembers, so a long trace stays small.
@@ -113,6 +135,9 @@ pub struct Attributor<S, P> {
     /// Who made each connection (by 4-tuple), for the sockets that outlive
     /// their owner: TIME_WAIT and orphans have no process the kernel knows.
     origins: HashMap<Tuple, Known>,
+    /// Socket states fetched ahead for the batch being processed, by
+    /// namespace and 4-tuple.
+    prefetched: HashMap<(Option<u64>, Tuple), Option<TcpState>>,
 }
 
 impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
@@ -123,19 +148,52 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             proc_cache: HashMap::new(),
             listeners: HashMap::new(),
             origins: HashMap::new(),
+            prefetched: HashMap::new(),
+        }
+    }
+
+    /// Looks up, in one batch, every socket that the TIME_WAIT check of
+    /// these messages will ask about; [`Attributor::process`] then uses the
+    /// answers instead of one round trip per event.
+    pub fn prefetch(&mut self, msgs: &[SourceMsg]) {
+        self.prefetched.clear();
+        let mut by_netns: HashMap<Option<u64>, Vec<Tuple>> = HashMap::new();
+        for m in msgs {
+            if let SourceMsg::Event(ev, hints) = m {
+                if needs_socket_check(ev, *hints) {
+                    if let Some(t) = tuple(ev) {
+                        let netns = self.netns_of(ev);
+                        by_netns.entry(netns).or_default().push(t);
+                    }
+                }
+            }
+        }
+        for (netns, tuples) in by_netns {
+            let states = self.sockets.tcp_states(netns, &tuples);
+            self.prefetched
+                .extend(tuples.into_iter().map(|t| (netns, t)).zip(states));
         }
     }
 
     /// One message in, zero or more answers out.
     pub fn process(&mut self, msg: SourceMsg) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.process_into(msg, &mut out);
+        out
+    }
+
+    /// [`Attributor::process`] appending to `out`, so that a caller can
+    /// reuse one buffer instead of allocating per event.
+    pub fn process_into(&mut self, msg: SourceMsg, out: &mut Vec<Event>) {
         match msg {
-            SourceMsg::Lost { time, count } => vec![Event::lost(time, count)],
-            SourceMsg::Event(ev, hints) => self.event(ev, hints),
+            SourceMsg::Lost { time, count } => out.push(Event::lost(time, count)),
+            SourceMsg::Event(ev, hints) => self.event(ev, hints, out),
         }
     }
 
-    fn enrich(&mut self, ev: &mut Event) {
-        let Some(pid) = ev.pid else { return };
+    /// What /proc says about the event's process, read once per process.
+    fn info(&mut self, ev: &Event) -> Option<&ProcessInfo> {
+        let pid = ev.pid?;
         // A pid can be reused: the cached entry is valid only for the same comm.
         let fresh = match self.proc_cache.get(&pid) {
             Some((comm, _)) => comm != &ev.comm,
@@ -148,10 +206,22 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             let info = self.processes.lookup(pid);
             self.proc_cache.insert(pid, (ev.comm.clone(), info));
         }
-        if let Some((_, Some(info))) = self.proc_cache.get(&pid) {
-            ev.cmdline.clone_from(&info.cmdline);
-            ev.cgroup.clone_from(&info.cgroup);
-            ev.netns = info.netns;
+        self.proc_cache
+            .get(&pid)
+            .and_then(|(_, info)| info.as_ref())
+    }
+
+    fn netns_of(&mut self, ev: &Event) -> Option<u64> {
+        self.info(ev).and_then(|i| i.netns)
+    }
+
+    fn enrich(&mut self, ev: &mut Event) {
+        if self.info(ev).is_some() {
+            if let Some((_, Some(info))) = ev.pid.and_then(|p| self.proc_cache.get(&p)) {
+                ev.cmdline.clone_from(&info.cmdline);
+                ev.cgroup.clone_from(&info.cgroup);
+                ev.netns = info.netns;
+            }
         }
         if ev.cgroup.is_none() {
             if let Some(id) = ev.cgroup_id {
@@ -170,14 +240,14 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         }
     }
 
-    fn event(&mut self, mut ev: Event, hints: Hints) -> Vec<Event> {
+    fn event(&mut self, mut ev: Event, hints: Hints, out: &mut Vec<Event>) {
         self.enrich(&mut ev);
         match ev.event {
             EventKind::Listen => {
                 if let Some(port) = ev.sport {
                     self.listeners.insert(port, Self::known(&ev));
                 }
-                vec![ev]
+                out.push(ev);
             }
             EventKind::State => {
                 let (old, new) = (ev.old_state, ev.new_state);
@@ -206,9 +276,10 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                         ..ev.clone()
                     };
                     self.remember_origin(&tw);
-                    vec![ev, tw]
+                    out.push(ev);
+                    out.push(tw);
                 } else {
-                    vec![ev]
+                    out.push(ev);
                 }
             }
             EventKind::Bind => {
@@ -217,9 +288,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                         ev.holder = self.holder(ev.netns, port, ev.family);
                     }
                 }
-                vec![ev]
+                out.push(ev);
             }
-            _ => vec![ev],
+            _ => out.push(ev),
         }
     }
 
@@ -231,11 +302,14 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         if hints.timewait_confirmed {
             return true;
         }
-        let (Some(sa), Some(sp), Some(da), Some(dp)) = (ev.saddr, ev.sport, ev.daddr, ev.dport)
-        else {
+        let Some(t) = tuple(ev) else {
             return false;
         };
-        self.sockets.tcp_state(ev.netns, sa, sp, da, dp) == Some(TcpState::TimeWait)
+        let state = match self.prefetched.remove(&(ev.netns, t)) {
+            Some(state) => state,
+            None => self.sockets.tcp_state(ev.netns, t.0, t.1, t.2, t.3),
+        };
+        state == Some(TcpState::TimeWait)
     }
 
     fn remember_origin(&mut self, ev: &Event) {
@@ -428,6 +502,37 @@ mod tests {
         )));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].event, EventKind::State);
+    }
+
+    #[test]
+    fn a_prefetched_batch_is_confirmed_without_a_lookup_per_event() {
+        let mut sockets = FakeSockets::default();
+        sockets.states.insert(
+            (ip("10.0.0.1"), 40001, ip("10.0.0.2"), 80),
+            TcpState::TimeWait,
+        );
+        let mut a = Attributor::new(sockets, FakeProcs(0));
+        let batch = vec![
+            msg(state(7, TcpState::FinWait2, TcpState::Close, 40001, 80)),
+            msg(state(7, TcpState::FinWait2, TcpState::Close, 40002, 80)),
+            msg(state(
+                7,
+                TcpState::Established,
+                TcpState::FinWait1,
+                40003,
+                80,
+            )),
+        ];
+        a.prefetch(&batch);
+        assert_eq!(a.sockets.lookups, 2, "only the two closes need the table");
+        let out: Vec<Event> = batch.into_iter().flat_map(|m| a.process(m)).collect();
+        assert_eq!(a.sockets.lookups, 2, "answers come from the prefetch");
+        let tw: Vec<&Event> = out
+            .iter()
+            .filter(|e| e.event == EventKind::Timewait)
+            .collect();
+        assert_eq!(tw.len(), 1);
+        assert_eq!(tw[0].sport, Some(40001));
     }
 
     #[test]

@@ -8,8 +8,10 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the ring reader and the pipeline hand batches to each
+    // other without waking a second thread (and freeing across threads) for
+    // every batch; on a busy machine that thread's CPU is the workload's loss.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -16,6 +16,8 @@ pub struct Pipeline<S, P> {
     sink: Box<dyn Sink>,
     /// Aggregate only; print nothing but the summary.
     quiet: bool,
+    /// Attributed events of the message being handled, reused.
+    scratch: Vec<Event>,
 }
 
 impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
@@ -31,6 +33,7 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
             aggregator: Aggregator::new(range),
             sink,
             quiet: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -41,10 +44,18 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
 
     /// A message from a collector.
     pub fn handle(&mut self, msg: SourceMsg) -> io::Result<()> {
-        for ev in self.attributor.process(msg) {
-            self.emit(&ev)?;
-        }
-        Ok(())
+        let mut out = std::mem::take(&mut self.scratch);
+        self.attributor.process_into(msg, &mut out);
+        let result = out.drain(..).try_for_each(|ev| self.emit(&ev));
+        out.clear();
+        self.scratch = out;
+        result
+    }
+
+    /// Fetches, in one round trip, what attributing `msgs` will ask the
+    /// system; call before handling them one by one.
+    pub fn prefetch(&mut self, msgs: &[SourceMsg]) {
+        self.attributor.prefetch(msgs);
     }
 
     /// An event that is already attributed (a replay).

@@ -194,39 +194,12 @@ impl SockDiag {
         daddr: IpAddr,
         dport: u16,
     ) -> Result<Option<SocketEntry>, SockDiagError> {
-        let (family, saddr, daddr) = match (saddr, daddr) {
-            (IpAddr::V4(_), IpAddr::V4(_)) => (AF_INET, saddr, daddr),
-            _ => (AF_INET6, IpAddr::V6(to_v6(saddr)), IpAddr::V6(to_v6(daddr))),
-        };
-        let req = Request {
-            family,
-            proto: Proto::Tcp,
-            states: TCP_ALL_STATES,
-            socket_id: SocketId {
-                source_port: sport,
-                destination_port: dport,
-                source_address: saddr,
-                destination_address: daddr,
-                interface_id: 0,
-                cookie: INET_DIAG_NOCOOKIE,
-            },
-            dump: false,
-            what: if family == AF_INET {
-                "TCP/IPv4 lookup"
-            } else {
-                "TCP/IPv6 lookup"
-            },
-        };
+        let req = lookup_request(saddr, sport, daddr, dport);
         let mut out = Vec::new();
         match self.exchange(&req, &mut out) {
-            Ok(()) => Ok(out.pop().filter(|e| {
-                // The remote must match exactly; the local address may differ
-                // only for a wildcard-bound listener.
-                e.sport == sport
-                    && e.dport == dport
-                    && to_v6(e.daddr) == to_v6(daddr)
-                    && (to_v6(e.saddr) == to_v6(saddr) || e.saddr.is_unspecified())
-            })),
+            Ok(()) => Ok(out
+                .pop()
+                .filter(|e| lookup_matches(e, saddr, sport, daddr, dport))),
             Err(SockDiagError::Kernel { source, .. })
                 if source.raw_os_error() == Some(libc::ENOENT) =>
             {
@@ -234,6 +207,73 @@ impl SockDiag {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// [`SockDiag::tcp_lookup`] for many 4-tuples, with up to
+    /// [`LOOKUP_CHUNK`] requests per datagram sent: one send and one receive
+    /// per answer instead of three system calls per lookup. Answers come in
+    /// the order asked; a socket that does not exist is `None`.
+    pub fn tcp_lookup_many(
+        &mut self,
+        tuples: &[(IpAddr, u16, IpAddr, u16)],
+    ) -> Result<Vec<Option<SocketEntry>>, SockDiagError> {
+        let mut out: Vec<Option<SocketEntry>> = vec![None; tuples.len()];
+        for (c, chunk) in tuples.chunks(LOOKUP_CHUNK).enumerate() {
+            if self.poisoned {
+                self.sock = open_socket().map_err(SockDiagError::Open)?;
+                self.poisoned = false;
+            }
+            let first = self.seq.wrapping_add(1);
+            let mut msg = Vec::with_capacity(chunk.len() * 128);
+            for &(sa, sp, da, dp) in chunk {
+                self.seq = self.seq.wrapping_add(1);
+                msg.extend_from_slice(&encode_request(&lookup_request(sa, sp, da, dp), self.seq));
+            }
+            self.poisoned = true;
+            self.sock.send(&msg, 0)?;
+            // Each request gets exactly one answer: its socket, or an error
+            // (ENOENT when there is none).
+            let mut pending = chunk.len();
+            while pending > 0 {
+                let len = self.recv_answer()?;
+                let mut offset = 0;
+                while offset < len {
+                    let bytes = &self.buf[offset..len];
+                    let nl = NetlinkBuffer::new_checked(bytes)
+                        .map_err(|e| SockDiagError::Netlink(format!("bad netlink header: {e}")))?;
+                    let msg_len = nl.length() as usize;
+                    offset += msg_len.next_multiple_of(usize::from(NLMSG_ALIGNTO));
+                    let i = nl.sequence_number().wrapping_sub(first) as usize;
+                    if i >= chunk.len() {
+                        // Leftover from an earlier, abandoned request.
+                        continue;
+                    }
+                    let answer =
+                        match NetlinkMessage::<SockDiagMessage>::deserialize(&bytes[..msg_len]) {
+                            Ok(m) => match m.payload {
+                                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                                    let (sa, sp, da, dp) = chunk[i];
+                                    Some(
+                                        Some(to_entry(Proto::Tcp, &r))
+                                            .filter(|e| lookup_matches(e, sa, sp, da, dp)),
+                                    )
+                                }
+                                NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => Some(None),
+                                _ => None,
+                            },
+                            Err(e) => {
+                                return Err(SockDiagError::Netlink(format!("TCP lookup: {e}")))
+                            }
+                        };
+                    if let Some(a) = answer {
+                        out[c * LOOKUP_CHUNK + i] = a;
+                        pending -= 1;
+                    }
+                }
+            }
+            self.poisoned = false;
+        }
+        Ok(out)
     }
 
     fn dump(
@@ -351,6 +391,28 @@ impl SockDiag {
         }
     }
 
+    /// Reads one datagram of single-socket answers (each a few hundred bytes
+    /// at most, far below the buffer's size) with one system call.
+    fn recv_answer(&mut self) -> Result<usize, SockDiagError> {
+        if self.buf.capacity() < RECV_BUF_LEN {
+            self.buf.reserve(RECV_BUF_LEN);
+        }
+        loop {
+            self.buf.clear();
+            match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
+                Ok(n) if n > self.buf.len() => {
+                    return Err(SockDiagError::Netlink(format!(
+                        "a {n}-byte answer overflowed the {}-byte buffer",
+                        self.buf.capacity()
+                    )))
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Reads one whole datagram into `self.buf`, growing it if needed, and
     /// returns its length.
     fn recv_datagram(&mut self) -> Result<usize, SockDiagError> {
@@ -432,6 +494,45 @@ fn encode_request(req: &Request, seq: u32) -> Vec<u8> {
     let mut nl = NetlinkBuffer::new(&mut buf[..]);
     InetRequestBuffer::new(nl.payload_mut()).set_states(req.states);
     buf
+}
+
+/// Requests per datagram in [`SockDiag::tcp_lookup_many`]: their answers
+/// (about 100 bytes each) must fit the socket's receive buffer.
+pub const LOOKUP_CHUNK: usize = 64;
+
+fn lookup_request(saddr: IpAddr, sport: u16, daddr: IpAddr, dport: u16) -> Request {
+    let (family, saddr, daddr) = match (saddr, daddr) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => (AF_INET, saddr, daddr),
+        _ => (AF_INET6, IpAddr::V6(to_v6(saddr)), IpAddr::V6(to_v6(daddr))),
+    };
+    Request {
+        family,
+        proto: Proto::Tcp,
+        states: TCP_ALL_STATES,
+        socket_id: SocketId {
+            source_port: sport,
+            destination_port: dport,
+            source_address: saddr,
+            destination_address: daddr,
+            interface_id: 0,
+            cookie: INET_DIAG_NOCOOKIE,
+        },
+        dump: false,
+        what: if family == AF_INET {
+            "TCP/IPv4 lookup"
+        } else {
+            "TCP/IPv6 lookup"
+        },
+    }
+}
+
+/// The remote must match exactly; the local address may differ only for a
+/// wildcard-bound listener.
+fn lookup_matches(e: &SocketEntry, saddr: IpAddr, sport: u16, daddr: IpAddr, dport: u16) -> bool {
+    e.sport == sport
+        && e.dport == dport
+        && to_v6(e.daddr) == to_v6(daddr)
+        && (to_v6(e.saddr) == to_v6(saddr) || e.saddr.is_unspecified())
 }
 
 fn kernel_error(request: &'static str, code: i32) -> SockDiagError {

@@ -131,6 +131,26 @@ impl SocketProbe for LiveSockets {
         }
     }
 
+    fn tcp_states(
+        &mut self,
+        netns: Option<u64>,
+        tuples: &[crate::attribution::Tuple],
+    ) -> Vec<Option<TcpState>> {
+        let Some(diag) = self.diag(netns) else {
+            return vec![None; tuples.len()];
+        };
+        match diag.tcp_lookup_many(tuples) {
+            Ok(found) => found
+                .into_iter()
+                .map(|e| e.and_then(|s| TcpState::from_kernel(s.state)))
+                .collect(),
+            Err(e) => {
+                log::debug!("sock_diag lookups failed: {e}");
+                vec![None; tuples.len()]
+            }
+        }
+    }
+
     fn on_port(&mut self, netns: Option<u64>, port: u16) -> Vec<PortSocket> {
         let Some(diag) = self.diag(netns) else {
             return Vec::new();

@@ -1,9 +1,10 @@
-//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy>`.
+//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|bench>`.
 //!
 //! Every task except `setup` runs `setup` first, then puts the cached
 //! bpf-linker (`target/tools/bpf-linker/bin`) at the front of PATH for the
 //! cargo processes it starts; aya-build finds the linker through PATH.
 
+mod bench;
 mod setup;
 mod tasks;
 mod util;
@@ -52,6 +53,10 @@ enum Task {
     },
     /// Format check and clippy only.
     Clippy,
+    /// Overhead benchmark (prints figures; a few minutes; needs root): churn
+    /// throughput under no tracer, portwatch trace, aggregate-only and
+    /// bpftrace, the syscall tax, pipeline capacity and in-kernel cost.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,5 +84,6 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
         Task::Run { release, args } => tasks::run(&ctx, release, &args),
         Task::Test { args } => tasks::test(&ctx, &args).map(|()| ExitCode::SUCCESS),
         Task::Clippy => tasks::lint(&ctx).map(|()| ExitCode::SUCCESS),
+        Task::Bench(args) => bench::bench(&ctx, args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use crate::attribution::Attributor;
 use crate::cli::RecordArgs;
 use crate::journal::{self, JournalConfig, JournalWriter, Record};
-use crate::model::{Event, EventKind, TcpState};
+use crate::model::{Event, EventKind, SourceMsg, TcpState};
 use crate::source::linux::decode::Clock;
-use crate::source::linux::{CollectorConfig, LinuxCollector};
+use crate::source::linux::{CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
 use crate::system::{LiveProcesses, LiveSockets, Netns};
 
 /// What the journal keeps: how ports are taken (bind, listen, the local port
@@ -67,7 +67,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let boot_id = journal::boot_id().context("cannot read the boot id")?;
     let clock = Clock::new();
 
-    let (tx, mut rx) = tokio::sync::mpsc::channel(65536);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
     let collector = LinuxCollector::start(
         &CollectorConfig {
             lost_poll: Duration::from_millis(500),
@@ -87,8 +87,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         let netns = Netns::new();
         Attributor::new(LiveSockets::new(netns.clone()), LiveProcesses::new(netns))
     };
-    let mut append = |writer: &mut JournalWriter, msg| -> anyhow::Result<()> {
-        for ev in attributor.process(msg) {
+    let mut append = |writer: &mut JournalWriter, batch: Vec<SourceMsg>| -> anyhow::Result<()> {
+        attributor.prefetch(&batch);
+        for ev in batch.into_iter().flat_map(|msg| attributor.process(msg)) {
             if journal_worthy(&ev) {
                 let rec = Record {
                     boot_id: boot_id.clone(),
@@ -102,6 +103,10 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // One stream for the whole run: a `ctrl_c()` future made afresh in each
+    // loop turn misses a SIGINT that lands while an event is being handled,
+    // which under load is almost always.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
@@ -113,19 +118,19 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     tokio::pin!(until_deadline);
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(msg) => append(&mut writer, msg)?,
+            batch = rx.recv() => match batch {
+                Some(batch) => append(&mut writer, batch)?,
                 None => break,
             },
             _ = tick.tick() => writer.sync_if_due().context("syncing the journal")?,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut until_deadline => break,
         }
     }
     let stopper = tokio::spawn(collector.stop());
-    while let Some(msg) = rx.recv().await {
-        append(&mut writer, msg)?;
+    while let Some(batch) = rx.recv().await {
+        append(&mut writer, batch)?;
     }
     stopper
         .await

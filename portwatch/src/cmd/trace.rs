@@ -74,7 +74,7 @@ fn replay(args: &TraceArgs, path: &std::path::Path) -> anyhow::Result<()> {
 
 #[cfg(target_os = "linux")]
 async fn live(args: TraceArgs) -> anyhow::Result<()> {
-    use crate::source::linux::{CollectorConfig, LinuxCollector};
+    use crate::source::linux::{CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
     use crate::system::{ephemeral_range, LiveProcesses, LiveSockets, Netns};
     use tokio::signal::unix::{signal, SignalKind};
 
@@ -84,8 +84,9 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         ring_bytes: args.ring_bytes,
         stall_reader: args.stall_reader_ms.map(std::time::Duration::from_millis),
         lost_poll: std::time::Duration::from_millis(250),
+        ..CollectorConfig::default()
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel(65536);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
     let collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
     eprintln!(
         "portwatch: attached {}",
@@ -104,6 +105,10 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     .quiet(args.summary_only);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // One stream for the whole run: a `ctrl_c()` future made afresh in each
+    // loop turn misses a SIGINT that lands while an event is being handled,
+    // which under load is almost always.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
         match deadline {
@@ -116,9 +121,13 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     let mut open = true;
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(msg) => {
-                    open = quiet_on_broken_pipe(pipeline.handle(msg))?;
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    pipeline.prefetch(&batch);
+                    for msg in batch {
+                        open = quiet_on_broken_pipe(pipeline.handle(msg))?;
+                        if !open { break; }
+                    }
                     if open && rx.is_empty() {
                         open = quiet_on_broken_pipe(pipeline.flush())?;
                     }
@@ -126,7 +135,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
                 }
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut until_deadline => break,
         }
@@ -134,9 +143,12 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
 
     // Detach, then take what the ring still holds before summarising.
     let stopper = tokio::spawn(collector.stop());
-    while let Some(msg) = rx.recv().await {
-        if open {
-            open = quiet_on_broken_pipe(pipeline.handle(msg))?;
+    while let Some(batch) = rx.recv().await {
+        pipeline.prefetch(&batch);
+        for msg in batch {
+            if open {
+                open = quiet_on_broken_pipe(pipeline.handle(msg))?;
+            }
         }
     }
     stopper

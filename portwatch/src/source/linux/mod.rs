@@ -57,7 +57,29 @@ pub struct CollectorConfig {
     pub stall_reader: Option<Duration>,
     /// How often the per-CPU lost counter is read.
     pub lost_poll: Duration,
+    /// How often the reader drains the ring without being woken (zero: the
+    /// default, [`DRAIN_EVERY`]). The kernel side wakes it only when the
+    /// backlog crosses a quarter of the ring, not for every event.
+    pub drain_every: Duration,
 }
+
+/// Default ring-buffer size, as the eBPF object declares it.
+pub const RING_BYTES: u32 = 4 << 20;
+/// Default drain interval: the most an event waits in the ring when the
+/// backlog is under the wakeup threshold.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// Events per message to the pipeline.
+const BATCH: usize = 512;
+/// Events drained per wakeup before the reader yields to other tasks.
+const DRAIN_CAP: usize = 8192;
+/// Batches in flight between the reader and the pipeline. When the pipeline
+/// falls behind, the reader waits, the ring fills and the kernel counts what
+/// it cannot store: no loss is silent.
+pub const CHANNEL_BATCHES: usize = 32;
+
+/// What the collector sends: events in batches, so the pipeline is woken
+/// once per batch rather than once per event.
+pub type Batch = Vec<SourceMsg>;
 
 /// A running collector. Dropping it detaches every program.
 pub struct LinuxCollector {
@@ -71,10 +93,7 @@ const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/por
 
 impl LinuxCollector {
     /// Loads and attaches everything, then starts streaming into `tx`.
-    pub fn start(
-        cfg: &CollectorConfig,
-        tx: mpsc::Sender<SourceMsg>,
-    ) -> Result<Self, CollectorError> {
+    pub fn start(cfg: &CollectorConfig, tx: mpsc::Sender<Batch>) -> Result<Self, CollectorError> {
         let caps = capabilities();
         if !caps.can_load_bpf() {
             return Err(CollectorError::NotPrivileged);
@@ -88,12 +107,20 @@ impl LinuxCollector {
             pid: cfg.pid.unwrap_or(0),
             ports_enabled: u32::from(!cfg.ports.is_empty()),
         };
-        let mut loader = EbpfLoader::new();
-        loader.override_global("FILTER", &filter, true);
-        if let Some(bytes) = cfg.ring_bytes {
-            loader.map_max_entries("EVENTS", bytes);
-        }
-        let mut ebpf = loader.load(OBJECT)?;
+        let ring_bytes = cfg.ring_bytes.unwrap_or(RING_BYTES);
+        let wakeup_bytes = u64::from(ring_bytes / 4);
+        // The loader holds a parsed copy of the kernel's BTF (megabytes);
+        // scoped so it is freed before attaching parses its own, which keeps
+        // the peak RSS to one copy.
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader.override_global("FILTER", &filter, true);
+            loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
+            if let Some(bytes) = cfg.ring_bytes {
+                loader.map_max_entries("EVENTS", bytes);
+            }
+            loader.load(OBJECT)?
+        };
 
         if !cfg.ports.is_empty() {
             let map = ebpf
@@ -131,6 +158,11 @@ impl LinuxCollector {
             } else {
                 cfg.lost_poll
             },
+            if cfg.drain_every.is_zero() {
+                DRAIN_EVERY
+            } else {
+                cfg.drain_every
+            },
         ));
         Ok(LinuxCollector {
             ebpf: Some(ebpf),
@@ -165,10 +197,11 @@ fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
 async fn read_loop(
     mut ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
-    tx: mpsc::Sender<SourceMsg>,
+    tx: mpsc::Sender<Batch>,
     mut stop: watch::Receiver<bool>,
     stall: Option<Duration>,
     lost_poll: Duration,
+    drain_every: Duration,
 ) -> Result<(), CollectorError> {
     let clock = Clock::new();
     let mut seen_lost = 0u64;
@@ -177,12 +210,29 @@ async fn read_loop(
         tokio::time::sleep(d).await;
     }
     let mut tick = tokio::time::interval(lost_poll);
+    let mut drain_tick = tokio::time::interval(drain_every);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
             r = ring.readable_mut() => {
                 let mut guard = r?;
-                drain(guard.get_inner_mut(), &clock, &tx, &mut decode_errors).await;
-                guard.clear_ready();
+                match drain(guard.get_inner_mut(), &clock, &tx, &mut decode_errors).await {
+                    Drained::Closed => return Ok(()),
+                    // Leave it marked readable: the next turn drains on,
+                    // after other tasks have had theirs.
+                    Drained::More => {}
+                    Drained::Empty => guard.clear_ready(),
+                }
+                false
+            }
+            _ = drain_tick.tick() => {
+                loop {
+                    match drain(ring.get_mut(), &clock, &tx, &mut decode_errors).await {
+                        Drained::Closed => return Ok(()),
+                        Drained::More => tokio::task::yield_now().await,
+                        Drained::Empty => break,
+                    }
+                }
                 false
             }
             _ = tick.tick() => false,
@@ -195,12 +245,13 @@ async fn read_loop(
                 count: total - seen_lost,
             };
             seen_lost = total;
-            if tx.send(msg).await.is_err() {
+            if tx.send(vec![msg]).await.is_err() {
                 return Ok(());
             }
         }
         if stopping {
-            drain(ring.get_mut(), &clock, &tx, &mut decode_errors).await;
+            while let Drained::More = drain(ring.get_mut(), &clock, &tx, &mut decode_errors).await {
+            }
             if decode_errors > 0 {
                 log::warn!("{decode_errors} events could not be decoded and were skipped");
             }
@@ -209,21 +260,42 @@ async fn read_loop(
     }
 }
 
+enum Drained {
+    /// The ring is empty.
+    Empty,
+    /// DRAIN_CAP events taken; more wait.
+    More,
+    /// The pipeline is gone.
+    Closed,
+}
+
+/// Takes up to DRAIN_CAP events from the ring and sends them in batches.
 async fn drain(
     ring: &mut RingBuf<MapData>,
     clock: &Clock,
-    tx: &mpsc::Sender<SourceMsg>,
+    tx: &mpsc::Sender<Batch>,
     decode_errors: &mut u64,
-) {
-    while let Some(item) = ring.next() {
+) -> Drained {
+    let mut batch: Batch = Vec::new();
+    for _ in 0..DRAIN_CAP {
+        let Some(item) = ring.next() else {
+            return send(tx, batch, Drained::Empty).await;
+        };
         let decoded = decode::parse(&item).and_then(|raw: RawEvent| decode::decode(&raw, clock));
         drop(item);
         match decoded {
             Ok((ev, hints)) => {
-                // Back-pressure: a slow consumer fills the ring, and the kernel
-                // counts what it cannot store instead of us dropping it here.
-                if tx.send(SourceMsg::Event(ev, hints)).await.is_err() {
-                    return;
+                if batch.capacity() == 0 {
+                    batch.reserve_exact(BATCH);
+                }
+                batch.push(SourceMsg::Event(ev, hints));
+                if batch.len() == BATCH {
+                    // Back-pressure: a slow consumer fills the ring, and the
+                    // kernel counts what it cannot store instead of us
+                    // dropping it here.
+                    if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                        return Drained::Closed;
+                    }
                 }
             }
             Err(e) => {
@@ -234,4 +306,12 @@ async fn drain(
             }
         }
     }
+    send(tx, batch, Drained::More).await
+}
+
+async fn send(tx: &mpsc::Sender<Batch>, batch: Batch, then: Drained) -> Drained {
+    if !batch.is_empty() && tx.send(batch).await.is_err() {
+        return Drained::Closed;
+    }
+    then
 }
