@@ -1,4 +1,4 @@
-//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy>`.
+//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|vm-test>`.
 //!
 //! Every task except `setup` runs `setup` first, then puts the cached
 //! bpf-linker (`target/tools/bpf-linker/bin`) at the front of PATH for the
@@ -7,6 +7,7 @@
 mod setup;
 mod tasks;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,25 @@ enum Task {
     },
     /// Format check and clippy only.
     Clippy,
+    /// Kernel tests inside qemu guests booting stock Debian kernels (6.1 and
+    /// 6.12 by default), once as portwatch chooses hooks and once with
+    /// fexit/fentry disabled so the kprobe variants run. Needs root, qemu,
+    /// and apt access to Debian's archive; kernels are cached in target/vm.
+    VmTest {
+        /// Kernel to boot: a series (`6.1`, `6.12`) or an exact Debian
+        /// release (`6.1.0-56`, `6.12.117+deb12`). Repeatable.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
+        /// Hook modes to run each kernel with. Repeatable; default: both.
+        #[arg(long = "hooks", value_enum)]
+        hooks: Vec<vm::Hooks>,
+        /// Seconds after which a guest is considered hung and killed.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Extra arguments for the kernel test binary, e.g. a name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,5 +99,32 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
         Task::Run { release, args } => tasks::run(&ctx, release, &args),
         Task::Test { args } => tasks::test(&ctx, &args).map(|()| ExitCode::SUCCESS),
         Task::Clippy => tasks::lint(&ctx).map(|()| ExitCode::SUCCESS),
+        Task::VmTest {
+            kernels,
+            hooks,
+            timeout,
+            args,
+        } => {
+            let opts = vm::Options {
+                kernels: if kernels.is_empty() {
+                    vm::DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect()
+                } else {
+                    kernels
+                },
+                hooks: if hooks.is_empty() {
+                    vec![vm::Hooks::Auto, vm::Hooks::Kprobe]
+                } else {
+                    hooks
+                },
+                timeout: std::time::Duration::from_secs(timeout),
+                test_args: args,
+            };
+            let passed = vm::vm_test(&ctx, &opts)?;
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }

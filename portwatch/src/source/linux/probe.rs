@@ -203,9 +203,73 @@ const CALL_HOOKS: [CallHooks; 2] = [
     },
 ];
 
-/// Attaches every hook, choosing per kind of event by what loads here.
-pub fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<Mechanism>, CollectorError> {
-    let btf = Btf::from_sys_fs().ok();
+/// Hook families `PORTWATCH_HOOKS` lets portwatch try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowedHooks {
+    /// fentry and fexit.
+    pub fexit: bool,
+    pub kprobe: bool,
+    /// The syscall tracepoints (the state tracepoint is always used).
+    pub tracepoint: bool,
+}
+
+/// The variable that narrows the hook choice, for diagnosis and for testing
+/// the fallbacks on kernels where a cheaper hook would load.
+pub const HOOKS_ENV: &str = "PORTWATCH_HOOKS";
+
+impl AllowedHooks {
+    pub const ALL: AllowedHooks = AllowedHooks {
+        fexit: true,
+        kprobe: true,
+        tracepoint: true,
+    };
+
+    /// Parses a comma-separated list of `fexit` (also `fentry`), `kprobe`,
+    /// `tracepoint`; empty means all.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        if list.trim().is_empty() {
+            return Ok(Self::ALL);
+        }
+        let mut a = AllowedHooks {
+            fexit: false,
+            kprobe: false,
+            tracepoint: false,
+        };
+        for word in list.split(',').map(str::trim) {
+            match word {
+                "fexit" | "fentry" => a.fexit = true,
+                "kprobe" => a.kprobe = true,
+                "tracepoint" => a.tracepoint = true,
+                other => {
+                    return Err(format!(
+                        "unknown hook kind `{other}` (expected fexit, kprobe, tracepoint)"
+                    ))
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    pub fn from_env() -> Result<Self, CollectorError> {
+        match std::env::var(HOOKS_ENV) {
+            Ok(v) => Self::parse(&v)
+                .map_err(|e| CollectorError::BadHooks(format!("{HOOKS_ENV}={v}: {e}"))),
+            Err(_) => Ok(Self::ALL),
+        }
+    }
+}
+
+/// Attaches every hook, choosing per kind of event by what loads here and
+/// what `allowed` permits.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    allowed: AllowedHooks,
+) -> Result<Vec<Mechanism>, CollectorError> {
+    let btf = if allowed.fexit {
+        Btf::from_sys_fs().ok()
+    } else {
+        None
+    };
     let btf = btf.as_ref();
     let mut out = Vec::new();
 
@@ -228,11 +292,13 @@ pub fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<Mechanism>, CollectorError> {
             Box::new(move |e: &mut Ebpf| fentry(e, btf, "fentry_tcp_time_wait", "tcp_time_wait")),
         ));
     }
-    tw.push((
-        "kprobe tcp_time_wait".into(),
-        &["kprobe_tcp_time_wait"],
-        Box::new(|e: &mut Ebpf| kprobe(e, "kprobe_tcp_time_wait", &["tcp_time_wait"])),
-    ));
+    if allowed.kprobe {
+        tw.push((
+            "kprobe tcp_time_wait".into(),
+            &["kprobe_tcp_time_wait"],
+            Box::new(|e: &mut Ebpf| kprobe(e, "kprobe_tcp_time_wait", &["tcp_time_wait"])),
+        ));
+    }
     let how = first_that_attaches(ebpf, tw)
         .unwrap_or_else(|_| "state tracepoint + sock_diag confirmation".into());
     out.push(Mechanism {
@@ -254,27 +320,35 @@ pub fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<Mechanism>, CollectorError> {
                 }),
             ));
         }
-        attempts.push((
-            format!("kprobe+kretprobe {}", call.funcs.join("+")),
-            call.kprobe_progs,
-            Box::new(move |e: &mut Ebpf| {
-                call.kprobe_progs
-                    .iter()
-                    .try_for_each(|p| kprobe(e, p, call.funcs))
-            }),
-        ));
-        attempts.push((
-            format!("tracepoint syscalls:{}", call.syscall_tps.join("+")),
-            call.syscall_tps,
-            Box::new(move |e: &mut Ebpf| {
-                call.syscall_tps
-                    .iter()
-                    .try_for_each(|tp| tracepoint(e, tp, "syscalls", tp))
-            }),
-        ));
+        if allowed.kprobe {
+            attempts.push((
+                format!("kprobe+kretprobe {}", call.funcs.join("+")),
+                call.kprobe_progs,
+                Box::new(move |e: &mut Ebpf| {
+                    call.kprobe_progs
+                        .iter()
+                        .try_for_each(|p| kprobe(e, p, call.funcs))
+                }),
+            ));
+        }
+        if allowed.tracepoint {
+            attempts.push((
+                format!("tracepoint syscalls:{}", call.syscall_tps.join("+")),
+                call.syscall_tps,
+                Box::new(move |e: &mut Ebpf| {
+                    call.syscall_tps
+                        .iter()
+                        .try_for_each(|tp| tracepoint(e, tp, "syscalls", tp))
+                }),
+            ));
+        }
         let how = first_that_attaches(ebpf, attempts).map_err(|errors| CollectorError::Attach {
             what: call.what,
-            detail: errors.join("; "),
+            detail: if errors.is_empty() {
+                format!("{HOOKS_ENV} allows no hook for it")
+            } else {
+                errors.join("; ")
+            },
         })?;
         out.push(Mechanism {
             what: call.what,
@@ -282,4 +356,18 @@ pub fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<Mechanism>, CollectorError> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AllowedHooks;
+
+    #[test]
+    fn hooks_list_parses() {
+        assert_eq!(AllowedHooks::parse("").unwrap(), AllowedHooks::ALL);
+        let a = AllowedHooks::parse("kprobe, tracepoint").unwrap();
+        assert!(!a.fexit && a.kprobe && a.tracepoint);
+        assert!(AllowedHooks::parse("fentry").unwrap().fexit);
+        assert!(AllowedHooks::parse("kprobes").is_err());
+    }
 }
