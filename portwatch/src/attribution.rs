@@ -84,6 +84,10 @@ const MAX_PROCS: usize = 16384;
 const MAX_TW_ORIGINS: usize = 262144;
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); keep origins a little longer.
 const TW_ORIGIN_TTL_NS: i128 = 90 * 1_000_000_000;
+/// How long a timewait socket may sit in its FIN_WAIT2 sub-state before we
+/// stop waiting for the peer's FIN: net.ipv4.tcp_fin_timeout's default.
+const FW2_WAIT_NS: i128 = 60 * 1_000_000_000;
+const MAX_FW2_PENDING: usize = 65536;
 
 pub struct Attributor<S, P> {
     sockets: S,
@@ -93,6 +97,18 @@ pub struct Attributor<S, P> {
     listeners: HashMap<u16, Known>,
     /// Who created each TIME_WAIT socket (the kernel forgets: they have no owner).
     tw_origins: HashMap<Tuple, Known>,
+    /// Closes that left a timewait socket in its FIN_WAIT2 sub-state (an
+    /// orphan whose FIN was acked before the peer's FIN came): it becomes
+    /// TIME_WAIT when that FIN arrives. [`Attributor::poll`] re-checks them.
+    fw2_pending: HashMap<Tuple, Event>,
+}
+
+/// What the socket table says about a FIN_WAIT2/CLOSING -> CLOSE.
+enum Closed {
+    TimeWait,
+    /// A timewait socket still waiting for the peer's FIN.
+    Fw2,
+    Gone,
 }
 
 impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
@@ -103,7 +119,50 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             proc_cache: HashMap::new(),
             listeners: HashMap::new(),
             tw_origins: HashMap::new(),
+            fw2_pending: HashMap::new(),
         }
+    }
+
+    /// Re-checks closes that were waiting in the FIN_WAIT2 sub-state; returns
+    /// a timewait event (timed `now`) for each that has reached TIME_WAIT.
+    /// `final_check`: the trace ends, so forget the ones still waiting.
+    pub fn poll(&mut self, now: i128, final_check: bool) -> Vec<Event> {
+        if self.fw2_pending.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let tuples: Vec<Tuple> = self.fw2_pending.keys().copied().collect();
+        for t in tuples {
+            let state = self.sockets.tcp_state(t.0, t.1, t.2, t.3);
+            let expired = self
+                .fw2_pending
+                .get(&t)
+                .is_some_and(|ev| now - ev.time > FW2_WAIT_NS);
+            match state {
+                Some(TcpState::TimeWait) => {
+                    if let Some(ev) = self.fw2_pending.remove(&t) {
+                        let tw = Event {
+                            event: EventKind::Timewait,
+                            new_state: Some(TcpState::TimeWait),
+                            time: now.max(ev.time),
+                            ..ev
+                        };
+                        self.remember_tw(&tw);
+                        out.push(tw);
+                    }
+                }
+                Some(TcpState::FinWait2) if !final_check && !expired => {}
+                _ => {
+                    self.fw2_pending.remove(&t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether closes are waiting for [`Attributor::poll`].
+    pub fn has_pending(&self) -> bool {
+        !self.fw2_pending.is_empty()
     }
 
     /// One message in, zero or more answers out.
@@ -161,16 +220,31 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 }
                 let closing = matches!(old, Some(TcpState::FinWait2 | TcpState::Closing))
                     && new == Some(TcpState::Close);
-                if closing && self.is_timewait(&ev, hints) {
-                    let tw = Event {
-                        event: EventKind::Timewait,
-                        new_state: Some(TcpState::TimeWait),
-                        ..ev.clone()
-                    };
-                    self.remember_tw(&tw);
-                    vec![ev, tw]
-                } else {
-                    vec![ev]
+                if !closing {
+                    return vec![ev];
+                }
+                match self.closed(&ev, hints) {
+                    Closed::TimeWait => {
+                        let tw = Event {
+                            event: EventKind::Timewait,
+                            new_state: Some(TcpState::TimeWait),
+                            ..ev.clone()
+                        };
+                        self.remember_tw(&tw);
+                        vec![ev, tw]
+                    }
+                    Closed::Fw2 => {
+                        if let (Some(sa), Some(sp), Some(da), Some(dp)) =
+                            (ev.saddr, ev.sport, ev.daddr, ev.dport)
+                        {
+                            if self.fw2_pending.len() >= MAX_FW2_PENDING {
+                                self.fw2_pending.clear();
+                            }
+                            self.fw2_pending.insert((sa, sp, da, dp), ev.clone());
+                        }
+                        vec![ev]
+                    }
+                    Closed::Gone => vec![ev],
                 }
             }
             EventKind::Bind => {
@@ -188,16 +262,23 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// FIN_WAIT2/CLOSING -> CLOSE is TIME_WAIT only if the kernel swapped in a
     /// timewait socket; resets and orphan timeouts look the same on the
     /// tracepoint. A kernel hook says so directly; otherwise ask the live
-    /// socket table, where the timewait socket is already hashed by now.
-    fn is_timewait(&mut self, ev: &Event, hints: Hints) -> bool {
+    /// socket table, where the timewait socket is already hashed by now. An
+    /// orphan whose FIN was acked gets a timewait socket in the FIN_WAIT2
+    /// sub-state (tcp_time_wait(sk, TCP_FIN_WAIT2, ...)), which turns into
+    /// TIME_WAIT only when the peer's FIN arrives, possibly later.
+    fn closed(&mut self, ev: &Event, hints: Hints) -> Closed {
         if hints.timewait_confirmed {
-            return true;
+            return Closed::TimeWait;
         }
         let (Some(sa), Some(sp), Some(da), Some(dp)) = (ev.saddr, ev.sport, ev.daddr, ev.dport)
         else {
-            return false;
+            return Closed::Gone;
         };
-        self.sockets.tcp_state(sa, sp, da, dp) == Some(TcpState::TimeWait)
+        match self.sockets.tcp_state(sa, sp, da, dp) {
+            Some(TcpState::TimeWait) => Closed::TimeWait,
+            Some(TcpState::FinWait2) => Closed::Fw2,
+            _ => Closed::Gone,
+        }
     }
 
     fn remember_tw(&mut self, tw: &Event) {
@@ -281,5 +362,65 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             daddr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             dport: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// A socket table holding one 4-tuple in a settable state.
+    struct OneSocket(Option<TcpState>);
+
+    impl SocketProbe for OneSocket {
+        fn tcp_state(&mut self, _: IpAddr, _: u16, _: IpAddr, _: u16) -> Option<TcpState> {
+            self.0
+        }
+        fn on_port(&mut self, _: u16) -> Vec<PortSocket> {
+            Vec::new()
+        }
+    }
+
+    fn fin_wait2_close() -> SourceMsg {
+        let mut ev = Event::new(1_000, EventKind::State);
+        ev.pid = Some(42);
+        ev.saddr = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        ev.sport = Some(8080);
+        ev.daddr = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        ev.dport = Some(50000);
+        ev.old_state = Some(TcpState::FinWait2);
+        ev.new_state = Some(TcpState::Close);
+        SourceMsg::Event(ev, Hints::default())
+    }
+
+    #[test]
+    fn orphan_fin_wait2_becomes_timewait_when_the_peer_fin_arrives() {
+        let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+        let out = a.process(fin_wait2_close());
+        assert_eq!(out.len(), 1, "no TIME_WAIT yet: {out:?}");
+        assert!(a.has_pending());
+        assert!(a.poll(2_000, false).is_empty());
+        a.sockets.0 = Some(TcpState::TimeWait);
+        let tw = a.poll(3_000, false);
+        assert_eq!(tw.len(), 1);
+        assert_eq!(tw[0].event, EventKind::Timewait);
+        assert_eq!(tw[0].pid, Some(42));
+        assert_eq!(tw[0].time, 3_000);
+        assert!(!a.has_pending());
+    }
+
+    #[test]
+    fn orphan_fin_wait2_that_times_out_is_not_timewait() {
+        let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+        a.process(fin_wait2_close());
+        a.sockets.0 = None;
+        assert!(a.poll(2_000, false).is_empty());
+        assert!(!a.has_pending());
+
+        let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+        a.process(fin_wait2_close());
+        assert!(a.poll(2_000, true).is_empty(), "the final check forgets it");
+        assert!(!a.has_pending());
     }
 }

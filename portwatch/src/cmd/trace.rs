@@ -110,9 +110,18 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     };
     tokio::pin!(until_deadline);
 
+    // Closes waiting in the FIN_WAIT2 timewait sub-state are re-checked
+    // this often.
+    let mut recheck = tokio::time::interval(std::time::Duration::from_millis(100));
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let mut open = true;
     loop {
         tokio::select! {
+            _ = recheck.tick(), if pipeline.has_pending() => {
+                open = quiet_on_broken_pipe(pipeline.poll(now_ns()).and_then(|()| pipeline.flush()))?;
+                if !open { break; }
+            }
             msg = rx.recv() => match msg {
                 Some(msg) => {
                     open = quiet_on_broken_pipe(pipeline.handle(msg))?;

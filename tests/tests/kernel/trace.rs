@@ -181,6 +181,44 @@ fn timewait_is_charged_to_the_server_that_closes_first_ipv6() -> Result<()> {
     timewait("::1", "server")
 }
 
+/// The server closes first and the client acks that FIN at once but sends its
+/// own only later: the server's orphaned socket becomes a timewait socket in
+/// the FIN_WAIT2 sub-state (`tcp_time_wait(sk, TCP_FIN_WAIT2, ..)`), which
+/// enters TIME_WAIT only when the client's FIN arrives. That is still the
+/// server's TIME_WAIT, whichever hook serves the kernel.
+#[test]
+fn timewait_entered_after_a_late_peer_fin_is_charged_to_the_server() -> Result<()> {
+    skip_unless_kernel!();
+    let py = r#"
+import os, socket, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 8081)); srv.listen()
+c = socket.create_connection(("127.0.0.1", 8081))
+s, _ = srv.accept()
+print("SERVER=%d" % os.getpid(), flush=True)
+s.close()
+assert c.recv(1) == b""
+time.sleep(0.5)
+c.close()
+time.sleep(0.2)
+"#;
+    let run = traced_run("", &["--port", "8081"], py)?;
+    check_clean_exit(&run)?;
+    let server = run.var("SERVER").context("server pid")?;
+    let tw: Vec<&Value> = run.of_kind("timewait").collect();
+    ensure!(
+        run.ss_timewait_count() == 1,
+        "ss shows {} TIME_WAIT sockets:\n{}",
+        run.ss_timewait_count(),
+        run.ss_timewait
+    );
+    ensure!(
+        tw.len() == 1 && tw[0]["pid"] == server && tw[0]["sport"] == 8081,
+        "one TIME_WAIT for the server {server} expected: {:#?}",
+        run.events
+    );
+    Ok(())
+}
+
 /// Six ephemeral ports; the seventh concurrent connection must fail. The
 /// range has an even size (start and end of different parity): kernels
 /// before about 6.8 scan only an even count of ports and warn "prefer
