@@ -68,6 +68,10 @@ enum Task {
         /// Seconds after which a guest is considered hung and killed.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// Run the tests this many times in each guest, stopping at the
+        /// first failure (to chase flaky ones).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         /// Extra arguments for the kernel test binary, e.g. a name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -103,6 +107,7 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
             kernels,
             hooks,
             timeout,
+            repeat,
             args,
         } => {
             let opts = vm::Options {
@@ -117,6 +122,7 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
                     hooks
                 },
                 timeout: std::time::Duration::from_secs(timeout),
+                repeat,
                 test_args: args,
             };
             let passed = vm::vm_test(&ctx, &opts)?;

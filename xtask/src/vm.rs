@@ -116,6 +116,8 @@ pub struct Options {
     pub kernels: Vec<String>,
     pub hooks: Vec<Hooks>,
     pub timeout: Duration,
+    /// Run the tests this many times per guest, stopping at a failure.
+    pub repeat: u32,
     pub test_args: Vec<String>,
 }
 
@@ -171,8 +173,10 @@ pub fn vm_test(ctx: &Ctx, opts: &Options) -> Result<bool> {
 
     eprintln!("\nvm-test: results");
     let mut all = true;
+    let mut passed = 0;
     for o in &outcomes {
         all &= o.passed();
+        passed += usize::from(o.passed());
         let status = if o.passed() { "PASS" } else { "FAIL" };
         eprintln!(
             "  {status} {} (hooks {}) in {:.0}s: {}",
@@ -189,6 +193,10 @@ pub fn vm_test(ctx: &Ctx, opts: &Options) -> Result<bool> {
             eprintln!("       {why}");
         }
     }
+    eprintln!(
+        "vm-test: {passed} passed, {} failed",
+        outcomes.len() - passed
+    );
     Ok(all)
 }
 
@@ -619,16 +627,31 @@ fn run_guest(
     ];
     test_cmd.extend(opts.test_args.iter().map(|a| sh_quote(a)));
     // A guest-side deadline, ahead of the host's, so that a hung test shows
-    // what it waits on before the guest is killed.
+    // what it waits on (every user thread's kernel stack) before the guest
+    // is killed. `--repeat` runs the tests until the first failure.
     let guest_secs = opts.timeout.as_secs().saturating_sub(60).max(30);
     script += &format!(
-        "timeout -k 5 {guest_secs} {}\nrc=$?\n\
-         if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then\n\
-         echo \"portwatch-vm: tests still running after {guest_secs}s; processes:\"\n\
-         ps -eo pid,ppid,stat,wchan:32,etime,args\n\
-         fi\n\
-         exit $rc\n",
-        test_cmd.join(" ")
+        r#"hung() {{
+  echo "portwatch-vm: tests still running after {guest_secs}s; user processes:"
+  ps -eLo pid,tid,ppid,stat,wchan:32,etime,args --ppid 2 -N ww
+  for t in /proc/[0-9]*/task/[0-9]*; do
+    [ "$(cat $t/../../stat 2>/dev/null | cut -d' ' -f4)" = 2 ] && continue
+    [ -r $t/stack ] || continue
+    echo "--- $t $(cat $t/comm 2>/dev/null)"; cat $t/stack 2>/dev/null
+  done
+}}
+( sleep {guest_secs}; hung; pkill -TERM -P $$ -f -- --test-threads ) &
+watchdog=$!
+rc=0
+for i in $(seq 1 {repeat}); do
+  [ {repeat} -gt 1 ] && echo "portwatch-vm: round $i of {repeat}"
+  {cmd} || {{ rc=$?; break; }}
+done
+kill $watchdog 2>/dev/null
+exit $rc
+"#,
+        repeat = opts.repeat.max(1),
+        cmd = test_cmd.join(" ")
     );
 
     let initramfs = run_dir.join("initramfs.cpio");

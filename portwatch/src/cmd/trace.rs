@@ -85,6 +85,13 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         stall_reader: args.stall_reader_ms.map(std::time::Duration::from_millis),
         lost_poll: std::time::Duration::from_millis(250),
     };
+    // Both listeners live across the loop: a `ctrl_c()` future made anew in
+    // each `select!` misses a SIGINT that lands while an event is being
+    // handled, and the trace then never ends (seen under load in the VMs).
+    // Installed before `attached` is printed, which tells callers they may
+    // signal us.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(65536);
     let collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
     eprintln!(
@@ -100,7 +107,6 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     )
     .quiet(args.summary_only);
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
         match deadline {
@@ -132,7 +138,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
                 }
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut until_deadline => break,
         }

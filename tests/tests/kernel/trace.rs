@@ -293,6 +293,28 @@ fn exhausted_port_range_reports_eaddrnotavail_ipv6() -> Result<()> {
     exhaustion("::1")
 }
 
+/// connect() is traced for TCP. The syscall tracepoints also see UDP's
+/// connect(), which the kernel-function hooks do not: every variant must give
+/// the same answer, so a UDP connect is not reported, a TCP one is.
+#[test]
+fn udp_connect_is_not_reported_as_a_tcp_connect() -> Result<()> {
+    skip_unless_kernel!();
+    let py = r#"
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(("127.0.0.1", 5353))
+srv = socket.socket(); srv.bind(("127.0.0.1", 5354)); srv.listen()
+c = socket.create_connection(("127.0.0.1", 5354))
+"#;
+    let run = traced_run("", &["--port", "5353", "--port", "5354"], py)?;
+    check_clean_exit(&run)?;
+    let connects: Vec<&Value> = run.of_kind("connect").collect();
+    ensure!(
+        connects.len() == 1 && connects[0]["dport"] == 5354 && connects[0]["ret"] == 0,
+        "only the TCP connect expected: {connects:#?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn tiny_ring_under_a_burst_reports_lost_events() -> Result<()> {
     skip_unless_kernel!();
