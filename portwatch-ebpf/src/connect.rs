@@ -72,12 +72,21 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+const EINPROGRESS: i32 = 115;
+
 #[inline(always)]
 fn finish(ret: i32) {
     let tid = current_tid();
     if let Some(call) = unsafe { PENDING_CONNECT.get(&tid) } {
         let call = *call;
         let _ = PENDING_CONNECT.remove(&tid);
+        // The syscall tracepoints see every connect(), UDP's included, while
+        // the function hooks see TCP's only. Report what both agree on: TCP
+        // connects (the state tracepoint saw SYN_SENT during the call) and
+        // failures, whose protocol stays unknown here.
+        if call.flags & flags::TCP_SEEN == 0 && (ret == 0 || ret == -EINPROGRESS) {
+            return;
+        }
         emit_call(kind::CONNECT, &call, ret, 0);
     }
 }

@@ -125,6 +125,10 @@ const MAX_ORIGINS: usize = 65536;
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); when the table is full, forget
 /// origins older than that and a margin first.
 const ORIGIN_TTL_NS: i128 = 90 * 1_000_000_000;
+/// How long a timewait socket may sit in its FIN_WAIT2 sub-state before we
+/// stop waiting for the peer's FIN: net.ipv4.tcp_fin_timeout's default.
+const FW2_WAIT_NS: i128 = 60 * 1_000_000_000;
+const MAX_FW2_PENDING: usize = 65536;
 
 pub struct Attributor<S, P> {
     sockets: S,
@@ -138,6 +142,18 @@ pub struct Attributor<S, P> {
     /// Socket states fetched ahead for the batch being processed, by
     /// namespace and 4-tuple.
     prefetched: HashMap<(Option<u64>, Tuple), Option<TcpState>>,
+    /// Closes that left a timewait socket in its FIN_WAIT2 sub-state (an
+    /// orphan whose FIN was acked before the peer's FIN came): it becomes
+    /// TIME_WAIT when that FIN arrives. [`Attributor::poll`] re-checks them.
+    fw2_pending: HashMap<(Option<u64>, Tuple), Event>,
+}
+
+/// What the socket table says about a FIN_WAIT2/CLOSING -> CLOSE.
+enum Closed {
+    TimeWait,
+    /// A timewait socket still waiting for the peer's FIN.
+    Fw2,
+    Gone,
 }
 
 impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
@@ -149,6 +165,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             listeners: HashMap::new(),
             origins: HashMap::new(),
             prefetched: HashMap::new(),
+            fw2_pending: HashMap::new(),
         }
     }
 
@@ -173,6 +190,54 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             self.prefetched
                 .extend(tuples.into_iter().map(|t| (netns, t)).zip(states));
         }
+    }
+
+    /// Re-checks closes that were waiting in the FIN_WAIT2 sub-state; returns
+    /// a timewait event (timed `now`) for each that has reached TIME_WAIT.
+    /// `final_check`: the trace ends, so forget the ones still waiting.
+    pub fn poll(&mut self, now: i128, final_check: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.fw2_pending.is_empty() {
+            return out;
+        }
+        let mut by_netns: HashMap<Option<u64>, Vec<Tuple>> = HashMap::new();
+        for (netns, t) in self.fw2_pending.keys() {
+            by_netns.entry(*netns).or_default().push(*t);
+        }
+        for (netns, tuples) in by_netns {
+            let states = self.sockets.tcp_states(netns, &tuples);
+            for (t, state) in tuples.into_iter().zip(states) {
+                let key = (netns, t);
+                let expired = self
+                    .fw2_pending
+                    .get(&key)
+                    .is_some_and(|ev| now - ev.time > FW2_WAIT_NS);
+                match state {
+                    Some(TcpState::TimeWait) => {
+                        if let Some(ev) = self.fw2_pending.remove(&key) {
+                            let tw = Event {
+                                event: EventKind::Timewait,
+                                new_state: Some(TcpState::TimeWait),
+                                time: now.max(ev.time),
+                                ..ev
+                            };
+                            self.remember_origin(&tw);
+                            out.push(tw);
+                        }
+                    }
+                    Some(TcpState::FinWait2) if !final_check && !expired => {}
+                    _ => {
+                        self.fw2_pending.remove(&key);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether [`Attributor::poll`] has anything to re-check.
+    pub fn has_pending(&self) -> bool {
+        !self.fw2_pending.is_empty()
     }
 
     /// One message in, zero or more answers out.
@@ -269,17 +334,31 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 }
                 let closing = matches!(old, Some(TcpState::FinWait2 | TcpState::Closing))
                     && new == Some(TcpState::Close);
-                if closing && self.is_timewait(&ev, hints) {
-                    let tw = Event {
-                        event: EventKind::Timewait,
-                        new_state: Some(TcpState::TimeWait),
-                        ..ev.clone()
-                    };
-                    self.remember_origin(&tw);
+                if !closing {
                     out.push(ev);
-                    out.push(tw);
-                } else {
-                    out.push(ev);
+                    return;
+                }
+                match self.closed(&ev, hints) {
+                    Closed::TimeWait => {
+                        let tw = Event {
+                            event: EventKind::Timewait,
+                            new_state: Some(TcpState::TimeWait),
+                            ..ev.clone()
+                        };
+                        self.remember_origin(&tw);
+                        out.push(ev);
+                        out.push(tw);
+                    }
+                    Closed::Fw2 => {
+                        if let Some(t) = tuple(&ev) {
+                            if self.fw2_pending.len() >= MAX_FW2_PENDING {
+                                self.fw2_pending.clear();
+                            }
+                            self.fw2_pending.insert((ev.netns, t), ev.clone());
+                        }
+                        out.push(ev);
+                    }
+                    Closed::Gone => out.push(ev),
                 }
             }
             EventKind::Bind => {
@@ -297,19 +376,26 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// FIN_WAIT2/CLOSING -> CLOSE is TIME_WAIT only if the kernel swapped in a
     /// timewait socket; resets and orphan timeouts look the same on the
     /// tracepoint. A kernel hook says so directly; otherwise ask the live
-    /// socket table, where the timewait socket is already hashed by now.
-    fn is_timewait(&mut self, ev: &Event, hints: Hints) -> bool {
+    /// socket table, where the timewait socket is already hashed by now. An
+    /// orphan whose FIN was acked before the peer's FIN came is hashed in the
+    /// FIN_WAIT2 sub-state (tcp_time_wait(sk, TCP_FIN_WAIT2)) and turns
+    /// TIME_WAIT only when that FIN arrives, which no hook reports.
+    fn closed(&mut self, ev: &Event, hints: Hints) -> Closed {
         if hints.timewait_confirmed {
-            return true;
+            return Closed::TimeWait;
         }
         let Some(t) = tuple(ev) else {
-            return false;
+            return Closed::Gone;
         };
         let state = match self.prefetched.remove(&(ev.netns, t)) {
             Some(state) => state,
             None => self.sockets.tcp_state(ev.netns, t.0, t.1, t.2, t.3),
         };
-        state == Some(TcpState::TimeWait)
+        match state {
+            Some(TcpState::TimeWait) => Closed::TimeWait,
+            Some(TcpState::FinWait2) => Closed::Fw2,
+            _ => Closed::Gone,
+        }
     }
 
     fn remember_origin(&mut self, ev: &Event) {
@@ -726,5 +812,60 @@ mod tests {
         let mut a = Attributor::new(Offline, Offline);
         let out = a.process(SourceMsg::Lost { time: 5, count: 12 });
         assert_eq!(out, vec![Event::lost(5, 12)]);
+    }
+
+    /// A socket table holding one 4-tuple in a settable state.
+    struct OneSocket(Option<TcpState>);
+
+    impl SocketProbe for OneSocket {
+        fn tcp_state(
+            &mut self,
+            _: Option<u64>,
+            _: IpAddr,
+            _: u16,
+            _: IpAddr,
+            _: u16,
+        ) -> Option<TcpState> {
+            self.0
+        }
+        fn on_port(&mut self, _: Option<u64>, _: u16) -> Vec<PortSocket> {
+            Vec::new()
+        }
+    }
+
+    fn fin_wait2_close() -> SourceMsg {
+        let mut ev = state(42, TcpState::FinWait2, TcpState::Close, 23080, 50000);
+        ev.time = 1_000;
+        msg(ev)
+    }
+
+    #[test]
+    fn orphan_fin_wait2_becomes_timewait_when_the_peer_fin_arrives() {
+        let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+        let out = a.process(fin_wait2_close());
+        assert_eq!(out.len(), 1, "no TIME_WAIT yet: {out:?}");
+        assert!(a.has_pending());
+        assert!(a.poll(2_000, false).is_empty());
+        a.sockets.0 = Some(TcpState::TimeWait);
+        let tw = a.poll(3_000, false);
+        assert_eq!(tw.len(), 1);
+        assert_eq!(tw[0].event, EventKind::Timewait);
+        assert_eq!(tw[0].pid, Some(42));
+        assert_eq!(tw[0].time, 3_000);
+        assert!(!a.has_pending());
+    }
+
+    #[test]
+    fn orphan_fin_wait2_that_times_out_is_not_timewait() {
+        let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+        a.process(fin_wait2_close());
+        a.sockets.0 = None;
+        assert!(a.poll(2_000, false).is_empty());
+        assert!(!a.has_pending());
+
+        let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+        a.process(fin_wait2_close());
+        assert!(a.poll(2_000, true).is_empty(), "the final check forgets it");
+        assert!(!a.has_pending());
     }
 }

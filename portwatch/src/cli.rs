@@ -18,6 +18,11 @@ pub enum Command {
     /// Stream TCP state changes and bind()/connect() outcomes, attributed to
     /// processes, then print a per-process summary on exit (Ctrl-C, SIGTERM
     /// or --duration). Needs root, or CAP_BPF and CAP_PERFMON.
+    ///
+    /// It picks, per kind of event, the cheapest hook the kernel accepts
+    /// (fexit/fentry, then kprobes, then syscall tracepoints) and says which
+    /// on stderr. PORTWATCH_HOOKS=kprobe,tracepoint (any of fexit, kprobe,
+    /// tracepoint) narrows the choice.
     Trace(TraceArgs),
     /// Every socket on a port right now, TCP and UDP, IPv4 and IPv6, in every
     /// state including TIME_WAIT, with the owning process, user, command line

@@ -70,12 +70,28 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
         Ok(())
     }
 
+    /// Re-checks closes that may still turn into TIME_WAIT (see
+    /// [`Attributor::poll`]); call it now and then while tracing.
+    pub fn poll(&mut self, now: i128) -> io::Result<()> {
+        for ev in self.attributor.poll(now, false) {
+            self.emit(&ev)?;
+        }
+        Ok(())
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.attributor.has_pending()
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.sink.flush()
     }
 
     /// Writes the summary as of `now` and flushes.
     pub fn finish(&mut self, now: i128) -> io::Result<()> {
+        for ev in self.attributor.poll(now, true) {
+            self.emit(&ev)?;
+        }
         let summary = self.aggregator.summary(now);
         self.sink.summary(&summary)?;
         self.sink.flush()

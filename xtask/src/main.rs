@@ -1,4 +1,4 @@
-//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|bench>`.
+//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|bench|vm-test>`.
 //!
 //! Every task except `setup` runs `setup` first, then puts the cached
 //! bpf-linker (`target/tools/bpf-linker/bin`) at the front of PATH for the
@@ -8,6 +8,7 @@ mod bench;
 mod setup;
 mod tasks;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,29 @@ enum Task {
     /// throughput under no tracer, portwatch trace, aggregate-only and
     /// bpftrace, the syscall tax, pipeline capacity and in-kernel cost.
     Bench(bench::BenchArgs),
+    /// Kernel tests inside qemu guests booting stock Debian kernels (6.1 and
+    /// 6.12 by default), once as portwatch chooses hooks and once with
+    /// fexit/fentry disabled so the kprobe variants run. Needs root, qemu,
+    /// and apt access to Debian's archive; kernels are cached in target/vm.
+    VmTest {
+        /// Kernel to boot: a series (`6.1`, `6.12`) or an exact Debian
+        /// release (`6.1.0-56`, `6.12.117+deb12`). Repeatable.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
+        /// Hook modes to run each kernel with. Repeatable; default: both.
+        #[arg(long = "hooks", value_enum)]
+        hooks: Vec<vm::Hooks>,
+        /// Seconds after which a guest is considered hung and killed.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Run the tests this many times in each guest, stopping at the
+        /// first failure (to chase flaky ones).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Extra arguments for the kernel test binary, e.g. a name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,5 +109,34 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
         Task::Test { args } => tasks::test(&ctx, &args).map(|()| ExitCode::SUCCESS),
         Task::Clippy => tasks::lint(&ctx).map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::bench(&ctx, args).map(|()| ExitCode::SUCCESS),
+        Task::VmTest {
+            kernels,
+            hooks,
+            timeout,
+            repeat,
+            args,
+        } => {
+            let opts = vm::Options {
+                kernels: if kernels.is_empty() {
+                    vm::DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect()
+                } else {
+                    kernels
+                },
+                hooks: if hooks.is_empty() {
+                    vec![vm::Hooks::Auto, vm::Hooks::Kprobe]
+                } else {
+                    hooks
+                },
+                timeout: std::time::Duration::from_secs(timeout),
+                repeat,
+                test_args: args,
+            };
+            let passed = vm::vm_test(&ctx, &opts)?;
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! `build`, `run`, `test` and `clippy`; `setup` has already run.
 
 use std::{
-    env,
     os::unix::process::ExitStatusExt as _,
     path::PathBuf,
     process::{Command, ExitCode},
@@ -27,9 +26,7 @@ pub fn run(ctx: &Ctx, release: bool, args: &[String]) -> Result<ExitCode> {
     }
     util::run(&mut cmd, "fix the build errors above")?;
 
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| ctx.root.join(dir))
-        .unwrap_or_else(|| ctx.root.join("target"));
+    let target_dir = util::target_dir(&ctx.root);
     let bin: PathBuf = target_dir
         .join(if release { "release" } else { "debug" })
         .join("portwatch");

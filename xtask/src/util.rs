@@ -21,6 +21,14 @@ pub fn workspace_root() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("xtask manifest dir {} has no parent", manifest.display()))
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the root),
+/// else `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| root.join(dir))
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// The cargo that started us (keeps `cargo +toolchain xtask` working), else
 /// the one on PATH.
 pub fn cargo_program() -> OsString {

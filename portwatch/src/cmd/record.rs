@@ -29,6 +29,16 @@ pub fn journal_worthy(ev: &Event) -> bool {
     }
 }
 
+/// What the recorder's loop hands to attribution.
+enum Work {
+    Batch(Vec<SourceMsg>),
+    /// Re-check closes still in the FIN_WAIT2 timewait sub-state; `last`
+    /// when the recorder stops.
+    Recheck {
+        last: bool,
+    },
+}
+
 /// Tells systemd (Type=notify) that the recorder is attached.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -87,9 +97,18 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         let netns = Netns::new();
         Attributor::new(LiveSockets::new(netns.clone()), LiveProcesses::new(netns))
     };
-    let mut append = |writer: &mut JournalWriter, batch: Vec<SourceMsg>| -> anyhow::Result<()> {
-        attributor.prefetch(&batch);
-        for ev in batch.into_iter().flat_map(|msg| attributor.process(msg)) {
+    let mut append = |writer: &mut JournalWriter, work: Work| -> anyhow::Result<()> {
+        let events: Vec<Event> = match work {
+            Work::Batch(batch) => {
+                attributor.prefetch(&batch);
+                batch
+                    .into_iter()
+                    .flat_map(|msg| attributor.process(msg))
+                    .collect()
+            }
+            Work::Recheck { last } => attributor.poll(crate::timefmt::now_ns(), last),
+        };
+        for ev in events {
             if journal_worthy(&ev) {
                 let rec = Record {
                     boot_id: boot_id.clone(),
@@ -119,10 +138,13 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => append(&mut writer, batch)?,
+                Some(batch) => append(&mut writer, Work::Batch(batch))?,
                 None => break,
             },
-            _ = tick.tick() => writer.sync_if_due().context("syncing the journal")?,
+            _ = tick.tick() => {
+                append(&mut writer, Work::Recheck { last: false })?;
+                writer.sync_if_due().context("syncing the journal")?;
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut until_deadline => break,
@@ -130,12 +152,13 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     }
     let stopper = tokio::spawn(collector.stop());
     while let Some(batch) = rx.recv().await {
-        append(&mut writer, batch)?;
+        append(&mut writer, Work::Batch(batch))?;
     }
     stopper
         .await
         .context("the ring-buffer reader panicked")?
         .context("reading the ring buffer")?;
+    append(&mut writer, Work::Recheck { last: true })?;
     writer.sync().context("syncing the journal")?;
     Ok(())
 }

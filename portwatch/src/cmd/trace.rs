@@ -86,6 +86,12 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         lost_poll: std::time::Duration::from_millis(250),
         ..CollectorConfig::default()
     };
+    // Both listeners live across the loop: a `ctrl_c()` future made anew in
+    // each `select!` misses a SIGINT that lands while an event is being
+    // handled, and the trace then never ends. Installed before `attached` is
+    // printed, which tells callers they may signal us.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
     let collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
     eprintln!(
@@ -104,11 +110,6 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     )
     .quiet(args.summary_only);
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    // One stream for the whole run: a `ctrl_c()` future made afresh in each
-    // loop turn misses a SIGINT that lands while an event is being handled,
-    // which under load is almost always.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
         match deadline {
@@ -118,9 +119,18 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     };
     tokio::pin!(until_deadline);
 
+    // Closes waiting in the FIN_WAIT2 timewait sub-state are re-checked
+    // this often.
+    let mut recheck = tokio::time::interval(std::time::Duration::from_millis(100));
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let mut open = true;
     loop {
         tokio::select! {
+            _ = recheck.tick(), if pipeline.has_pending() => {
+                open = quiet_on_broken_pipe(pipeline.poll(now_ns()).and_then(|()| pipeline.flush()))?;
+                if !open { break; }
+            }
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     pipeline.prefetch(&batch);

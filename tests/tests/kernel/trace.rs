@@ -185,6 +185,44 @@ fn timewait_is_charged_to_the_server_that_closes_first_ipv6() -> Result<()> {
     timewait("::1", "server")
 }
 
+/// The server closes first and the client acks that FIN at once but sends its
+/// own only later: the server's orphaned socket becomes a timewait socket in
+/// the FIN_WAIT2 sub-state (`tcp_time_wait(sk, TCP_FIN_WAIT2, ..)`), which
+/// enters TIME_WAIT only when the client's FIN arrives. That is still the
+/// server's TIME_WAIT, whichever hook serves the kernel.
+#[test]
+fn timewait_entered_after_a_late_peer_fin_is_charged_to_the_server() -> Result<()> {
+    skip_unless_kernel!();
+    let py = r#"
+import os, socket, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 23083)); srv.listen()
+c = socket.create_connection(("127.0.0.1", 23083))
+s, _ = srv.accept()
+print("SERVER=%d" % os.getpid(), flush=True)
+s.close()
+assert c.recv(1) == b""
+time.sleep(0.5)
+c.close()
+time.sleep(0.2)
+"#;
+    let run = traced_run("", &["--port", "23083"], py)?;
+    check_clean_exit(&run)?;
+    let server = run.var("SERVER").context("server pid")?;
+    let tw: Vec<&Value> = run.of_kind("timewait").collect();
+    ensure!(
+        run.ss_timewait_count() == 1,
+        "ss shows {} TIME_WAIT sockets:\n{}",
+        run.ss_timewait_count(),
+        run.ss_timewait
+    );
+    ensure!(
+        tw.len() == 1 && tw[0]["pid"] == server && tw[0]["sport"] == 23083,
+        "one TIME_WAIT for the server {server} expected: {:#?}",
+        run.events
+    );
+    Ok(())
+}
+
 /// Five ephemeral ports; a concurrent connection past them must fail.
 fn exhaustion(addr: &str) -> Result<()> {
     skip_unless_kernel!();
@@ -195,7 +233,7 @@ fam = socket.AF_INET6 if ":" in "{addr}" else socket.AF_INET
 srv = socket.socket(fam); srv.bind(("{addr}", 23432)); srv.listen(64)
 print("CLIENT=%d" % os.getpid())
 conns = []
-for i in range(6):
+for i in range(7):
     c = socket.socket(fam)
     try:
         c.connect(("{addr}", 23432)); conns.append(c)
@@ -264,6 +302,28 @@ fn exhausted_port_range_reports_eaddrnotavail_ipv6() -> Result<()> {
     exhaustion("::1")
 }
 
+/// connect() is traced for TCP. The syscall tracepoints also see UDP's
+/// connect(), which the kernel-function hooks do not: every variant must give
+/// the same answer, so a UDP connect is not reported, a TCP one is.
+#[test]
+fn udp_connect_is_not_reported_as_a_tcp_connect() -> Result<()> {
+    skip_unless_kernel!();
+    let py = r#"
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(("127.0.0.1", 5353))
+srv = socket.socket(); srv.bind(("127.0.0.1", 5354)); srv.listen()
+c = socket.create_connection(("127.0.0.1", 5354))
+"#;
+    let run = traced_run("", &["--port", "5353", "--port", "5354"], py)?;
+    check_clean_exit(&run)?;
+    let connects: Vec<&Value> = run.of_kind("connect").collect();
+    ensure!(
+        connects.len() == 1 && connects[0]["dport"] == 5354 && connects[0]["ret"] == 0,
+        "only the TCP connect expected: {connects:#?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn tiny_ring_under_a_burst_reports_lost_events() -> Result<()> {
     skip_unless_kernel!();
@@ -320,7 +380,31 @@ fn attached_line_names_the_mechanism_for_each_kind_of_event() -> Result<()> {
     ] {
         ensure!(line.contains(what), "{what} missing from: {line}");
     }
-    // Which variant serves bind must follow what this kernel offers.
+    let attached: Vec<(&str, &str)> = line
+        .trim_start_matches("portwatch: attached ")
+        .split(", ")
+        .filter_map(|m| m.split_once('='))
+        .collect();
+    // The VM matrix (`cargo xtask vm-test`) says what must serve each kind of
+    // event on the kernel it boots: `kind=prefix,...`.
+    if let Ok(expect) = std::env::var("PORTWATCH_EXPECT_MECHANISMS") {
+        for want in expect.split(',').filter(|w| !w.is_empty()) {
+            let (what, prefix) = want
+                .split_once('=')
+                .with_context(|| format!("bad PORTWATCH_EXPECT_MECHANISMS entry {want}"))?;
+            let how = attached
+                .iter()
+                .find(|(w, _)| *w == what)
+                .map(|(_, h)| *h)
+                .with_context(|| format!("{what} missing from: {line}"))?;
+            ensure!(
+                how.starts_with(prefix),
+                "{what} should be served by {prefix}, got `{how}`: {line}"
+            );
+        }
+        return Ok(());
+    }
+    // Otherwise, which variant serves bind must follow what this kernel offers.
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     if !kprobes {
         ensure!(

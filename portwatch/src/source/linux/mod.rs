@@ -18,7 +18,7 @@ use crate::model::SourceMsg;
 use crate::source::Mechanism;
 use decode::Clock;
 
-pub use probe::{capabilities, probe_hooks, Capabilities};
+pub use probe::{capabilities, probe_hooks, AllowedHooks, Capabilities, HOOKS_ENV};
 
 /// Where tracefs must be for tracepoints to attach.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -37,6 +37,8 @@ pub enum CollectorError {
     Missing(&'static str),
     #[error("attaching {what} failed: {detail}")]
     Attach { what: &'static str, detail: String },
+    #[error("{0}")]
+    BadHooks(String),
     #[error("eBPF map: {0}")]
     Map(#[from] aya::maps::MapError),
     #[error("ring buffer: {0}")]
@@ -94,6 +96,7 @@ const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/por
 impl LinuxCollector {
     /// Loads and attaches everything, then starts streaming into `tx`.
     pub fn start(cfg: &CollectorConfig, tx: mpsc::Sender<Batch>) -> Result<Self, CollectorError> {
+        let allowed = probe::AllowedHooks::from_env()?;
         let caps = capabilities();
         if !caps.can_load_bpf() {
             return Err(CollectorError::NotPrivileged);
@@ -132,7 +135,7 @@ impl LinuxCollector {
             }
         }
 
-        let mechanisms = probe::attach_all(&mut ebpf)?;
+        let mechanisms = probe::attach_all(&mut ebpf, allowed)?;
 
         let events = ebpf
             .take_map("EVENTS")

@@ -208,6 +208,71 @@ const CALL_HOOKS: [CallHooks; 2] = [
     },
 ];
 
+/// Hook families `PORTWATCH_HOOKS` lets portwatch try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowedHooks {
+    /// fentry and fexit.
+    pub fexit: bool,
+    pub kprobe: bool,
+    /// The syscall tracepoints (the state tracepoint is always used).
+    pub tracepoint: bool,
+}
+
+/// The variable that narrows the hook choice, for diagnosis and for testing
+/// the fallbacks on kernels where a cheaper hook would load.
+pub const HOOKS_ENV: &str = "PORTWATCH_HOOKS";
+
+impl AllowedHooks {
+    pub const ALL: AllowedHooks = AllowedHooks {
+        fexit: true,
+        kprobe: true,
+        tracepoint: true,
+    };
+
+    /// Parses a comma-separated list of `fexit` (also `fentry`), `kprobe`,
+    /// `tracepoint`; empty means all.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        if list.trim().is_empty() {
+            return Ok(Self::ALL);
+        }
+        let mut a = AllowedHooks {
+            fexit: false,
+            kprobe: false,
+            tracepoint: false,
+        };
+        for word in list.split(',').map(str::trim) {
+            match word {
+                "fexit" | "fentry" => a.fexit = true,
+                "kprobe" => a.kprobe = true,
+                "tracepoint" => a.tracepoint = true,
+                other => {
+                    return Err(format!(
+                        "unknown hook kind `{other}` (expected fexit, kprobe, tracepoint)"
+                    ))
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    pub fn from_env() -> Result<Self, CollectorError> {
+        match std::env::var(HOOKS_ENV) {
+            Ok(v) => Self::parse(&v)
+                .map_err(|e| CollectorError::BadHooks(format!("{HOOKS_ENV}={v}: {e}"))),
+            Err(_) => Ok(Self::ALL),
+        }
+    }
+
+    fn permits(&self, kind: HookKind) -> bool {
+        match kind {
+            HookKind::Fentry | HookKind::Fexit => self.fexit,
+            HookKind::Kprobe => self.kprobe,
+            HookKind::SyscallTracepoints => self.tracepoint,
+            HookKind::Tracepoint | HookKind::CgroupSockAddr | HookKind::CgroupSock => true,
+        }
+    }
+}
+
 /// Kernel BTF, which fentry/fexit need; the error text otherwise.
 fn kernel_btf() -> Result<Btf, String> {
     Btf::from_sys_fs().map_err(|e| format!("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {e}"))
@@ -349,11 +414,20 @@ fn run_plan(ebpf: &mut Ebpf, plan: Plan<'_>, mode: Mode) -> EventHooks {
     }
 }
 
-/// Attaches every hook, choosing per kind of event by what loads here.
-pub fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<Mechanism>, CollectorError> {
-    let btf = kernel_btf();
+/// Attaches every hook, choosing per kind of event by what loads here and
+/// what `allowed` permits.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    allowed: AllowedHooks,
+) -> Result<Vec<Mechanism>, CollectorError> {
+    let btf = if allowed.fexit {
+        kernel_btf()
+    } else {
+        Err(format!("fentry/fexit not allowed by {HOOKS_ENV}"))
+    };
     let mut out = Vec::new();
-    for plan in plans(&btf) {
+    for mut plan in plans(&btf) {
+        plan.variants.retain(|v| allowed.permits(v.kind));
         let failure = plan.failure;
         let hooks = run_plan(ebpf, plan, Mode::Attach);
         let Some(how) = hooks.chosen else {
