@@ -163,6 +163,7 @@ pub fn vm_test(ctx: &Ctx, opts: &Options) -> Result<bool> {
     }
     let (portwatch, tests) = build(ctx, &target)?;
 
+    let matrix_started = Instant::now();
     let mut outcomes = Vec::new();
     for k in &kernels {
         for &hooks in &opts.hooks {
@@ -171,33 +172,73 @@ pub fn vm_test(ctx: &Ctx, opts: &Options) -> Result<bool> {
         }
     }
 
-    eprintln!("\nvm-test: results");
-    let mut all = true;
+    eprintln!(
+        "\nvm-test: results ({:.0}s in all)",
+        matrix_started.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "  {:<24} {:<6} {:<16} {:<16} {:<10} {:<22} {:>5}",
+        "kernel", "hooks", "bind", "connect", "timewait", "tests", "time"
+    );
     let mut passed = 0;
     for o in &outcomes {
-        all &= o.passed();
         passed += usize::from(o.passed());
-        let status = if o.passed() { "PASS" } else { "FAIL" };
+        let how = |what: &str| {
+            o.attached
+                .as_deref()
+                .and_then(|l| mechanism(l, what))
+                .unwrap_or_else(|| "?".into())
+        };
+        let tests = match (&o.result, o.passed()) {
+            (Some(r), _) => counts(r),
+            (None, _) => "no result".into(),
+        };
         eprintln!(
-            "  {status} {} (hooks {}) in {:.0}s: {}",
+            "  {:<24} {:<6} {:<16} {:<16} {:<10} {:<22} {:>4}s {}",
             o.release,
             o.hooks.name(),
-            o.wall.as_secs_f64(),
-            o.result.as_deref().unwrap_or("no test result")
+            how("bind"),
+            how("connect"),
+            how("timewait"),
+            tests,
+            o.wall.as_secs(),
+            if o.passed() { "PASS" } else { "FAIL" }
         );
-        match &o.attached {
-            Some(line) => eprintln!("       {line}"),
-            None => eprintln!("       (no `portwatch: attached` line)"),
-        }
         if let Some(why) = &o.failure {
-            eprintln!("       {why}");
+            eprintln!("      {why}");
         }
     }
-    eprintln!(
-        "vm-test: {passed} passed, {} failed",
-        outcomes.len() - passed
-    );
-    Ok(all)
+    let failed = outcomes.len() - passed;
+    eprintln!("vm-test: {passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+/// The kind of hook serving `what` in a `portwatch: attached` line:
+/// "fexit", "kprobe+kretprobe", "tracepoint", "sock_diag", ...
+fn mechanism(line: &str, what: &str) -> Option<String> {
+    let how = line
+        .trim_start_matches("portwatch: attached ")
+        .split(", ")
+        .find_map(|m| m.strip_prefix(what)?.strip_prefix('='))?;
+    Some(if how.contains("sock_diag") {
+        "sock_diag".into()
+    } else {
+        how.split_whitespace().next().unwrap_or(how).to_string()
+    })
+}
+
+/// "ok. 14 passed; 0 failed; 0 ignored; ..." -> "14 passed, 0 failed".
+fn counts(result: &str) -> String {
+    let parts: Vec<&str> = result
+        .split(';')
+        .map(|p| {
+            p.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+        })
+        .filter(|p| p.ends_with("passed") || p.ends_with("failed"))
+        .collect();
+    parts.join(", ")
 }
 
 /// apt-get/apt-cache, with one `apt-get update` allowed per xtask run when a
@@ -874,6 +915,20 @@ mod tests {
         assert_eq!(data.len() % 4, 0);
         assert!(data.starts_with(b"070701"));
         assert!(find(&data, b"TRAILER!!!").is_some());
+    }
+
+    #[test]
+    fn result_parsing() {
+        let line = "portwatch: attached state=tracepoint sock:inet_sock_set_state, \
+                    timewait=state tracepoint + sock_diag confirmation, \
+                    bind=kprobe+kretprobe inet_bind+inet6_bind, connect=fexit __inet_stream_connect";
+        assert_eq!(mechanism(line, "bind").as_deref(), Some("kprobe+kretprobe"));
+        assert_eq!(mechanism(line, "connect").as_deref(), Some("fexit"));
+        assert_eq!(mechanism(line, "timewait").as_deref(), Some("sock_diag"));
+        assert_eq!(
+            counts("FAILED. 11 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 80.24s"),
+            "11 passed, 1 failed"
+        );
     }
 
     #[test]

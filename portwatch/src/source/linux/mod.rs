@@ -8,6 +8,7 @@ pub mod probe;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::ProgramFd;
 use aya::{Ebpf, EbpfLoader};
 use portwatch_common::{Filter, RawEvent};
 use tokio::io::unix::AsyncFd;
@@ -136,6 +137,13 @@ impl LinuxCollector {
         }
 
         let mechanisms = probe::attach_all(&mut ebpf, allowed)?;
+        // The kernel skips a tracepoint or kprobe program that would run
+        // while another one runs on the same CPU (an interrupt during one,
+        // say) and counts it per program: those are lost events too.
+        let progs: Vec<ProgramFd> = ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok().and_then(|fd| fd.try_clone().ok()))
+            .collect();
 
         let events = ebpf
             .take_map("EVENTS")
@@ -152,7 +160,7 @@ impl LinuxCollector {
         let (stop, stop_rx) = watch::channel(false);
         let reader = tokio::spawn(read_loop(
             ring,
-            lost,
+            Losses { ring: lost, progs },
             tx,
             stop_rx,
             cfg.stall_reader,
@@ -191,15 +199,65 @@ impl LinuxCollector {
     }
 }
 
-fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
-    lost.get(&0, 0)
-        .map(|v| v.iter().copied().sum())
-        .unwrap_or(0)
+/// Where the kernel counts events it could not deliver.
+struct Losses {
+    /// Per-CPU count of failed ring-buffer reserves.
+    ring: PerCpuArray<MapData, u64>,
+    /// Every loaded program, for its recursion misses.
+    progs: Vec<ProgramFd>,
+}
+
+impl Losses {
+    fn total(&self) -> u64 {
+        let ring: u64 = self
+            .ring
+            .get(&0, 0)
+            .map(|v| v.iter().copied().sum())
+            .unwrap_or(0);
+        ring + self.progs.iter().map(recursion_misses).sum::<u64>()
+    }
+}
+
+/// How many times the kernel skipped `prog` because a BPF program was
+/// already running on that CPU (`bpf_prog_info.recursion_misses`, Linux
+/// 5.12+; 0 where the kernel does not count).
+fn recursion_misses(prog: &ProgramFd) -> u64 {
+    use aya_obj::generated::bpf_prog_info;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain old data; all zeroes is valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_fd().as_raw_fd() as u32,
+        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
+        info: &mut info as *mut bpf_prog_info as u64,
+    };
+    // SAFETY: attr points at a live InfoAttr whose `info` points at a live
+    // bpf_prog_info of `info_len` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc == 0 {
+        info.recursion_misses
+    } else {
+        0
+    }
 }
 
 async fn read_loop(
     mut ring: AsyncFd<RingBuf<MapData>>,
-    lost: PerCpuArray<MapData, u64>,
+    losses: Losses,
     tx: mpsc::Sender<Batch>,
     mut stop: watch::Receiver<bool>,
     stall: Option<Duration>,
@@ -241,7 +299,7 @@ async fn read_loop(
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         };
-        let total = lost_total(&lost);
+        let total = losses.total();
         if total > seen_lost {
             let msg = SourceMsg::Lost {
                 time: crate::timefmt::now_ns(),
