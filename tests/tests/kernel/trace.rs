@@ -5,7 +5,7 @@
 //! is likely to use, and filters on them.
 
 use anyhow::{ensure, Context, Result};
-use integration_tests::{run_portwatch, skip_unless_kernel, traced_run, Run};
+use integration_tests::{run_portwatch, skip_unless_kernel, traced_run, traced_run_once, Run};
 use serde_json::Value;
 
 /// Process A listens; process B (a child, so another pid) binds the same port.
@@ -352,7 +352,7 @@ srv = socket.socket(); srv.bind(("127.0.0.1", 23900)); srv.listen(1024)
 for _ in range(400):
     c = socket.create_connection(("127.0.0.1", 23900)); s, _ = srv.accept(); c.close(); s.close()
 "#;
-    let run = traced_run(
+    let run = traced_run_once(
         "",
         &[
             "--port",
