@@ -65,8 +65,6 @@ fn notify_ready() {
 }
 
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-
     let cfg = JournalConfig {
         max_total_bytes: args.max_size,
         fsync: args.fsync.policy(),
@@ -77,6 +75,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let boot_id = journal::boot_id().context("cannot read the boot id")?;
     let clock = Clock::new();
 
+    let mut stop = super::Stop::install(args.duration)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
     let collector = LinuxCollector::start(
         &CollectorConfig {
@@ -121,20 +120,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         Ok(())
     };
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    // One stream for the whole run: a `ctrl_c()` future made afresh in each
-    // loop turn misses a SIGINT that lands while an event is being handled,
-    // which under load is almost always.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
@@ -145,9 +131,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
                 append(&mut writer, Work::Recheck { last: false })?;
                 writer.sync_if_due().context("syncing the journal")?;
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut until_deadline => break,
+            _ = stop.wait() => break,
         }
     }
     let stopper = tokio::spawn(collector.stop());

@@ -76,7 +76,6 @@ fn replay(args: &TraceArgs, path: &std::path::Path) -> anyhow::Result<()> {
 async fn live(args: TraceArgs) -> anyhow::Result<()> {
     use crate::source::linux::{CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
     use crate::system::{ephemeral_range, LiveProcesses, LiveSockets, Netns};
-    use tokio::signal::unix::{signal, SignalKind};
 
     let cfg = CollectorConfig {
         pid: args.pid,
@@ -86,12 +85,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         lost_poll: std::time::Duration::from_millis(250),
         ..CollectorConfig::default()
     };
-    // Both listeners live across the loop: a `ctrl_c()` future made anew in
-    // each `select!` misses a SIGINT that lands while an event is being
-    // handled, and the trace then never ends. Installed before `attached` is
-    // printed, which tells callers they may signal us.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut stop = super::Stop::install(args.duration)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
     let collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
     eprintln!(
@@ -109,15 +103,6 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         sink(&args),
     )
     .quiet(args.summary_only);
-
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
 
     // Closes waiting in the FIN_WAIT2 timewait sub-state are re-checked
     // this often.
@@ -145,9 +130,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
                 }
                 None => break,
             },
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut until_deadline => break,
+            _ = stop.wait() => break,
         }
     }
 
