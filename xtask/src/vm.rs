@@ -646,7 +646,7 @@ fn run_guest(
     let mut script = String::from(
         "set -u\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-         export HOME=/tmp TMPDIR=/tmp\n",
+         export HOME=/run/tmp TMPDIR=/run/tmp\n",
     );
     script += &format!(
         "export PORTWATCH_BIN={}\n",
@@ -658,7 +658,7 @@ fn run_guest(
     if let Some(e) = expected(&k.release, hooks) {
         script += &format!("export PORTWATCH_EXPECT_MECHANISMS={e}\n");
     }
-    script += "cd /tmp\necho \"portwatch-vm: kernel $(uname -r)\"\n";
+    script += "cd /run/tmp\necho \"portwatch-vm: kernel $(uname -r)\"\n";
     // Which hook serves what, as portwatch reports it.
     script += "\"$PORTWATCH_BIN\" trace --duration 1 2>&1 >/dev/null | grep '^portwatch:'\n";
     let mut test_cmd = vec![
