@@ -118,7 +118,12 @@ for _ in range(3000):
     c = socket.create_connection(("127.0.0.1", 23082)); s, _ = srv.accept(); c.close(); s.close()
 ' &
 load=$!
-sleep 0.5
+# Kill it once it has written records (a slow guest may take a while).
+for _ in $(seq 1 200); do
+  [ "$(cat "$D"/journal/seg-* 2>/dev/null | wc -c)" -gt 4096 ] && break
+  sleep 0.05
+done
+sleep 0.2
 kill -KILL $rec
 wait $load
 "$PW" history --journal "$D/journal" --json > "$D/h.json" 2> "$D/h.err"

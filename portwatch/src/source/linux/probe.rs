@@ -498,11 +498,16 @@ pub fn probe_hooks() -> Result<HookTable, CollectorError> {
         return Err(CollectorError::NotPrivileged);
     }
     ensure_tracefs()?;
+    // The same narrowing as trace, so that doctor says what trace would do.
+    let allowed = AllowedHooks::from_env()?;
     let mut ebpf = EbpfLoader::new().load(OBJECT)?;
     let btf = kernel_btf();
     let events = plans(&btf)
         .into_iter()
-        .map(|plan| run_plan(&mut ebpf, plan, Mode::Probe))
+        .map(|mut plan| {
+            plan.variants.retain(|v| allowed.permits(v.kind));
+            run_plan(&mut ebpf, plan, Mode::Probe)
+        })
         .collect();
     drop(ebpf);
     let extra = vec![
