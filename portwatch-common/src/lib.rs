@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped on any change to [`RawEvent`] or [`Owner`].
-pub const EVENT_VERSION: u16 = 1;
+pub const EVENT_VERSION: u16 = 2;
 
 pub const TASK_COMM_LEN: usize = 16;
 
@@ -54,6 +54,14 @@ pub mod flags {
     /// For CONNECT events from syscall tracepoints: the state tracepoint saw
     /// this task's TCP socket go CLOSE -> SYN_SENT during the call, so it is TCP.
     pub const TCP_SEEN: u8 = 1 << 3;
+    /// The owner remembered for this socket address did not fit the
+    /// socket's chain of states: the memory belongs to a new socket whose
+    /// birth the trace missed, or the old socket's CLOSE went missing. The
+    /// entry was dropped and the event left unattributed.
+    pub const STALE_OWNER: u8 = 1 << 4;
+    /// An accepted child of a listening address that several processes
+    /// listen on (SO_REUSEPORT): which one accepts it is unknown.
+    pub const AMBIGUOUS_LISTENER: u8 = 1 << 5;
 }
 
 /// The process a socket is attributed to.
@@ -63,7 +71,10 @@ pub struct Owner {
     pub tgid: u32,
     pub tid: u32,
     pub uid: u32,
-    pub _pad: u32,
+    /// In the owner map: the last state the socket was seen entering, so a
+    /// later transition that cannot follow it exposes a stale entry.
+    pub state: u8,
+    pub _pad: [u8; 3],
     pub cgroup_id: u64,
     pub comm: [u8; TASK_COMM_LEN],
 }
@@ -74,11 +85,79 @@ impl Owner {
             tgid: 0,
             tid: 0,
             uid: 0,
-            _pad: 0,
+            state: 0,
+            _pad: [0; 3],
             cgroup_id: 0,
             comm: [0; TASK_COMM_LEN],
         }
     }
+}
+
+/// Key of the listener map: what an accepted child shares with its listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// Network namespace inode; 0 where the kernel's BTF is unavailable.
+    pub netns: u32,
+    pub family: u16,
+    pub port: u16,
+    /// The listening address (network order, IPv4 in the first 4 bytes);
+    /// all zeroes for a wildcard listener.
+    pub addr: [u8; 16],
+}
+
+/// Value of the listener map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub owner: Owner,
+    /// Listening sockets on this key (several with SO_REUSEPORT).
+    pub count: u32,
+    /// Nonzero once two processes listened on the key at the same time.
+    pub ambiguous: u32,
+}
+
+/// Offsets into kernel structures, read from the running kernel's BTF by
+/// userspace and handed to the programs as a read-only global. Nothing in
+/// the programs assumes a layout: a bit of [`KernelOffsets::valid`] unset
+/// turns off what needs those fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Bits of [`offsets_valid`].
+    pub valid: u32,
+    /// `sock.__sk_common.skc_net.net` (a `struct net *`).
+    pub sock_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// `sock.sk_protocol` (a u16 since Linux 5.6; a bitfield before).
+    pub sock_protocol: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `task_struct.nsproxy`, `nsproxy.net_ns`.
+    pub task_nsproxy: u32,
+    pub nsproxy_net: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
+    /// `fdtable.max_fds`, `file.private_data`: a syscall's fd to its socket.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_private: u32,
+}
+
+/// Bits of [`KernelOffsets::valid`].
+pub mod offsets_valid {
+    /// A socket's network namespace (`sock_net`, `net_inum`).
+    pub const SOCK_NETNS: u32 = 1 << 0;
+    /// The current task's network namespace (`task_nsproxy`, `nsproxy_net`, `net_inum`).
+    pub const TASK_NETNS: u32 = 1 << 1;
+    /// `sock_protocol` is a plain u16.
+    pub const PROTOCOL: u32 = 1 << 2;
+    /// `socket_sk`.
+    pub const SOCKET_SK: u32 = 1 << 3;
+    /// The fd table (`task_files` .. `file_private`).
+    pub const FD_TABLE: u32 = 1 << 4;
 }
 
 /// One event in the ring buffer. Ports are in host byte order; addresses are
@@ -98,7 +177,8 @@ pub struct RawEvent {
     pub _pad0: u16,
     /// 0 or -errno for BIND and CONNECT; 0 for STATE.
     pub ret: i32,
-    pub _pad1: u32,
+    /// Inode of the socket's network namespace; 0 when it could not be read.
+    pub netns: u32,
     /// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`).
     pub ts_ns: u64,
     /// Kernel address of the socket: the key that ties transitions together.
@@ -122,7 +202,7 @@ impl RawEvent {
             dport: 0,
             _pad0: 0,
             ret: 0,
-            _pad1: 0,
+            netns: 0,
             ts_ns: 0,
             skaddr: 0,
             saddr: [0; 16],
@@ -141,6 +221,12 @@ pub struct PendingCall {
     pub port: u16,
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// The syscall's file descriptor (syscall tracepoints only).
+    pub fd: u32,
+    pub _pad2: u32,
+    /// The socket, where the hook knows it (function hooks, or the state
+    /// tracepoint's CLOSE -> SYN_SENT during a traced connect()).
+    pub sk: u64,
     pub addr: [u8; 16],
 }
 
@@ -152,12 +238,18 @@ pub struct Filter {
     pub pid: u32,
     /// Nonzero: only events with either port in the PORT_FILTER map.
     pub ports_enabled: u32,
+    /// Only events of sockets in this network namespace (inode); 0 = all.
+    pub netns: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Owner>() == 40);
 const _: () = assert!(core::mem::size_of::<RawEvent>() == 112);
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 24);
-const _: () = assert!(core::mem::size_of::<Filter>() == 8);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
+const _: () = assert!(core::mem::size_of::<Filter>() == 16);
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 24);
+const _: () = assert!(core::mem::size_of::<Listener>() == 48);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -166,4 +258,7 @@ mod pod {
     unsafe impl aya::Pod for super::RawEvent {}
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::Filter {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::Listener {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }

@@ -3,14 +3,18 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
-use portwatch_common::{Filter, Owner, PendingCall, RawEvent, AF_INET, AF_INET6};
+use portwatch_common::{
+    offsets_valid as valid, Filter, KernelOffsets, ListenKey, Listener, Owner, PendingCall,
+    RawEvent, AF_INET, AF_INET6,
+};
 
 /// Default 4 MiB; userspace resizes it with `set_max_entries` before loading.
 #[map]
@@ -30,10 +34,11 @@ pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 pub static OWNERS: LruHashMap<u64, Owner> =
     LruHashMap::with_max_entries(131072, BPF_F_NO_COMMON_LRU);
 
-/// (family << 16 | port) of a listening socket -> its owner; accepted child
-/// sockets inherit it.
+/// (netns, family, port, address) of a listening socket -> its owner;
+/// accepted child sockets inherit it. Userspace seeds it at start with the
+/// listeners that predate the trace.
 #[map]
-pub static LISTENERS: LruHashMap<u32, Owner> =
+pub static LISTENERS: LruHashMap<ListenKey, Listener> =
     LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
 
 /// bind()/connect() arguments between entry and exit, by thread id.
@@ -51,6 +56,26 @@ pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
 static FILTER: Filter = Filter {
     pid: 0,
     ports_enabled: 0,
+    netns: 0,
+    _pad: 0,
+};
+
+/// Kernel struct offsets from the running kernel's BTF, set by userspace at
+/// load time; `valid` says which may be used.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    valid: 0,
+    sock_net: 0,
+    net_inum: 0,
+    sock_protocol: 0,
+    socket_sk: 0,
+    task_nsproxy: 0,
+    nsproxy_net: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_fd: 0,
+    fdt_max_fds: 0,
+    file_private: 0,
 };
 
 /// Wake the reader only when this many bytes wait in EVENTS (set by
@@ -90,11 +115,96 @@ pub fn filter() -> Filter {
     unsafe { core::ptr::read_volatile(&FILTER) }
 }
 
-/// The kernel-side filter: `--pid` on the owner, `--port` on either end.
 #[inline(always)]
-pub fn wanted(tgid: u32, sport: u16, dport: u16) -> bool {
+pub fn offsets() -> KernelOffsets {
+    // Volatile so the compiler does not fold the load-time value away.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one fails.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+}
+
+/// Inode of the network namespace of socket `sk`.
+#[inline(always)]
+pub fn sock_netns(sk: u64, o: &KernelOffsets) -> u32 {
+    if o.valid & valid::SOCK_NETNS == 0 {
+        return 0;
+    }
+    read::<u64>(sk, o.sock_net)
+        .and_then(|net| read::<u32>(net, o.net_inum))
+        .unwrap_or(0)
+}
+
+/// Inode of the current task's network namespace.
+#[inline(always)]
+pub fn task_netns(o: &KernelOffsets) -> u32 {
+    if o.valid & valid::TASK_NETNS == 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    read::<u64>(task, o.task_nsproxy)
+        .and_then(|ns| read::<u64>(ns, o.nsproxy_net))
+        .and_then(|net| read::<u32>(net, o.net_inum))
+        .unwrap_or(0)
+}
+
+/// `sk->sk_protocol`, or 0 where this kernel keeps it in a bitfield.
+#[inline(always)]
+pub fn sock_protocol(sk: u64, o: &KernelOffsets) -> u16 {
+    if o.valid & valid::PROTOCOL == 0 {
+        return 0;
+    }
+    read::<u16>(sk, o.sock_protocol).unwrap_or(0)
+}
+
+/// `socket->sk` of a `struct socket *`.
+#[inline(always)]
+pub fn socket_sk(socket: u64, o: &KernelOffsets) -> u64 {
+    if o.valid & valid::SOCKET_SK == 0 {
+        return 0;
+    }
+    read::<u64>(socket, o.socket_sk).unwrap_or(0)
+}
+
+/// The `struct sock` behind file descriptor `fd` of the current task:
+/// files->fdt->fd[fd]->private_data->sk. Only for an fd that a syscall
+/// accepted as a socket (its private_data is then a `struct socket`).
+#[inline(always)]
+pub fn sock_of_fd(fd: u32, o: &KernelOffsets) -> u64 {
+    if o.valid & valid::FD_TABLE == 0 || o.valid & valid::SOCKET_SK == 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let Some(fdt) = read::<u64>(task, o.task_files).and_then(|f| read::<u64>(f, o.files_fdt))
+    else {
+        return 0;
+    };
+    let max: u32 = read(fdt, o.fdt_max_fds).unwrap_or(0);
+    if fd >= max {
+        return 0;
+    }
+    read::<u64>(fdt, o.fdt_fd)
+        .and_then(|arr| read::<u64>(arr, fd.wrapping_mul(8)))
+        .and_then(|file| read::<u64>(file, o.file_private))
+        .map(|socket| socket_sk(socket, o))
+        .unwrap_or(0)
+}
+
+/// The kernel-side filter: `--pid` on the owner, `--port` on either end,
+/// `--netns` on the socket's namespace.
+#[inline(always)]
+pub fn wanted(tgid: u32, sport: u16, dport: u16, netns: u32) -> bool {
     let f = filter();
     if f.pid != 0 && f.pid != tgid {
+        return false;
+    }
+    if f.netns != 0 && f.netns != netns {
         return false;
     }
     if f.ports_enabled != 0 {
@@ -114,7 +224,8 @@ pub fn current_owner() -> Owner {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
-        _pad: 0,
+        state: 0,
+        _pad: [0; 3],
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
@@ -200,6 +311,9 @@ pub fn read_sockaddr(ptr: *const u8, space: Space) -> Option<PendingCall> {
         port: u16::from_be(head.port_be),
         flags: 0,
         _pad: [0; 3],
+        fd: 0,
+        _pad2: 0,
+        sk: 0,
         addr: [0; 16],
     };
     match head.family {
@@ -223,31 +337,44 @@ pub fn read_sockaddr(ptr: *const u8, space: Space) -> Option<PendingCall> {
     Some(call)
 }
 
-/// Emits a BIND or CONNECT event for the current task.
+/// Emits a BIND or CONNECT event for the current task. `call.sk`, when
+/// known, gives the socket's namespace and protocol; else the task's
+/// namespace stands in (a socket lives in the namespace it was created in,
+/// which is its creator's unless it moved since).
 #[inline(always)]
-pub fn emit_call(kind: u8, call: &PendingCall, ret: i32, skaddr: u64) {
+pub fn emit_call(kind: u8, call: &PendingCall, ret: i32) {
     let owner = current_owner();
     let (sport, dport) = if kind == portwatch_common::kind::BIND {
         (call.port, 0)
     } else {
         (0, call.port)
     };
-    if !wanted(owner.tgid, sport, dport) {
+    let o = offsets();
+    let netns = if call.sk != 0 {
+        sock_netns(call.sk, &o)
+    } else {
+        task_netns(&o)
+    };
+    if !wanted(owner.tgid, sport, dport, netns) {
         return;
     }
+    let protocol = if call.flags & portwatch_common::flags::TCP_SEEN != 0 {
+        portwatch_common::IPPROTO_TCP
+    } else if call.sk != 0 {
+        sock_protocol(call.sk, &o)
+    } else {
+        0
+    };
     submit(|ev| {
         ev.kind = kind;
         ev.flags = portwatch_common::flags::OWNER_CURRENT | call.flags;
         ev.family = call.family;
-        ev.protocol = if call.flags & portwatch_common::flags::TCP_SEEN != 0 {
-            portwatch_common::IPPROTO_TCP
-        } else {
-            0
-        };
+        ev.protocol = protocol;
         ev.sport = sport;
         ev.dport = dport;
         ev.ret = ret;
-        ev.skaddr = skaddr;
+        ev.netns = netns;
+        ev.skaddr = call.sk;
         if kind == portwatch_common::kind::BIND {
             ev.saddr = call.addr;
         } else {

@@ -14,19 +14,24 @@ use aya_ebpf::{
 };
 use portwatch_common::{flags, kind};
 
-use crate::common::{current_tid, emit_call, read_sockaddr, tp_field, Space, PENDING_CONNECT};
+use crate::common::{
+    current_tid, emit_call, offsets, read_sockaddr, sock_of_fd, socket_sk, tp_field, Space,
+    PENDING_CONNECT,
+};
 
 /// int __inet_stream_connect(struct socket *sock, struct sockaddr *uaddr,
 ///                           int addr_len, int flags, int is_sendmsg)
 #[fexit(function = "__inet_stream_connect")]
 pub fn fexit_inet_stream_connect(ctx: FExitContext) -> u32 {
+    let sock: u64 = ctx.arg(0);
     let uaddr: *const u8 = ctx.arg(1);
     let is_sendmsg: i32 = ctx.arg(4);
     let ret: i32 = ctx.arg(5);
     if is_sendmsg == 0 {
         if let Some(mut call) = read_sockaddr(uaddr, Space::Kernel) {
             call.flags |= flags::TCP_SEEN;
-            emit_call(kind::CONNECT, &call, ret, 0);
+            call.sk = socket_sk(sock, &offsets());
+            emit_call(kind::CONNECT, &call, ret);
         }
     }
     0
@@ -39,6 +44,7 @@ pub fn kprobe_inet_stream_connect(ctx: ProbeContext) -> u32 {
         if let Some(uaddr) = ctx.arg::<*const u8>(1) {
             if let Some(mut call) = read_sockaddr(uaddr, Space::Kernel) {
                 call.flags |= flags::TCP_SEEN;
+                call.sk = socket_sk(ctx.arg::<u64>(0).unwrap_or(0), &offsets());
                 let _ = PENDING_CONNECT.insert(&current_tid(), &call, 0);
             }
         }
@@ -55,9 +61,10 @@ pub fn kretprobe_inet_stream_connect(ctx: RetProbeContext) -> u32 {
 /// `syscalls:sys_enter_connect`: fd @16, uservaddr @24, addrlen @32.
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    // SAFETY: a u64 at 24 in the syscall tracepoint's record.
-    let uaddr: u64 = unsafe { tp_field(&ctx, 24) };
-    if let Some(call) = read_sockaddr(uaddr as *const u8, Space::User) {
+    // SAFETY: u64s at 16 and 24 in the syscall tracepoint's record.
+    let (fd, uaddr): (u64, u64) = unsafe { (tp_field(&ctx, 16), tp_field(&ctx, 24)) };
+    if let Some(mut call) = read_sockaddr(uaddr as *const u8, Space::User) {
+        call.fd = fd as u32;
         let _ = PENDING_CONNECT.insert(&current_tid(), &call, 0);
     }
     0
@@ -72,6 +79,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+const EBADF: i32 = 9;
+const ENOTSOCK: i32 = 88;
 const EINPROGRESS: i32 = 115;
 
 #[inline(always)]
@@ -87,6 +96,13 @@ fn finish(ret: i32) {
         if call.flags & flags::TCP_SEEN == 0 && (ret == 0 || ret == -EINPROGRESS) {
             return;
         }
-        emit_call(kind::CONNECT, &call, ret, 0);
+        // The state tracepoint left the socket in `sk` when it saw this call
+        // go CLOSE -> SYN_SENT; a call that failed before that is looked up
+        // through its fd, once the kernel has said the fd is a socket.
+        let mut call = call;
+        if call.sk == 0 && ret != -ENOTSOCK && ret != -EBADF {
+            call.sk = sock_of_fd(call.fd, &offsets());
+        }
+        emit_call(kind::CONNECT, &call, ret);
     }
 }

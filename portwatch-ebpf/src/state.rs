@@ -4,9 +4,12 @@
 //! (a stable tracepoint ABI since 4.16).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use portwatch_common::{flags, kind, tcp_state as st, Owner, IPPROTO_TCP};
+use portwatch_common::{flags, kind, tcp_state as st, ListenKey, Listener, Owner, IPPROTO_TCP};
 
-use crate::common::{current_owner, submit, tp_field, wanted, LISTENERS, OWNERS, PENDING_CONNECT};
+use crate::common::{
+    current_owner, offsets, sock_netns, submit, tp_field, wanted, LISTENERS, OWNERS,
+    PENDING_CONNECT,
+};
 use crate::timewait::TW_PENDING;
 
 const SKADDR: usize = 8;
@@ -52,7 +55,8 @@ fn in_process_context(old: u8, new: u8) -> bool {
 }
 
 /// Word by word: a derived `==` on the comm array may become a memcmp call,
-/// which BPF has not.
+/// which BPF has not. The `state` byte (the high half of word 1, after
+/// `uid`, on this little-endian target) is not part of who owns it.
 #[inline(always)]
 fn same_owner(a: &Owner, b: &Owner) -> bool {
     const WORDS: usize = core::mem::size_of::<Owner>() / 8;
@@ -66,14 +70,97 @@ fn same_owner(a: &Owner, b: &Owner) -> bool {
     };
     let mut same = true;
     for i in 0..WORDS {
-        same &= a[i] == b[i];
+        let mask = if i == 1 { 0xffff_ffff } else { u64::MAX };
+        same &= (a[i] ^ b[i]) & mask == 0;
     }
     same
 }
 
+/// Per state, the states a socket can be in later without passing through
+/// CLOSE (include/net/tcp_states.h numbering): a remembered owner whose last
+/// state cannot lead to an event's old state belongs to another socket that
+/// reused the memory. Lost transitions of the same socket still fit.
+const REACH: [u16; 16] = {
+    const fn bits(states: &[u8]) -> u16 {
+        let mut m = 0u16;
+        let mut i = 0;
+        while i < states.len() {
+            m |= 1 << states[i];
+            i += 1;
+        }
+        m
+    }
+    let mut r = [0u16; 16];
+    r[st::ESTABLISHED as usize] = bits(&[
+        st::ESTABLISHED,
+        st::FIN_WAIT1,
+        st::FIN_WAIT2,
+        st::CLOSING,
+        st::CLOSE_WAIT,
+        st::LAST_ACK,
+    ]);
+    r[st::SYN_SENT as usize] = r[st::ESTABLISHED as usize] | bits(&[st::SYN_SENT, st::SYN_RECV]);
+    r[st::SYN_RECV as usize] = r[st::ESTABLISHED as usize] | bits(&[st::SYN_RECV]);
+    r[st::FIN_WAIT1 as usize] = bits(&[st::FIN_WAIT1, st::FIN_WAIT2, st::CLOSING]);
+    r[st::FIN_WAIT2 as usize] = bits(&[st::FIN_WAIT2]);
+    r[st::CLOSING as usize] = bits(&[st::CLOSING]);
+    r[st::CLOSE_WAIT as usize] = bits(&[st::CLOSE_WAIT, st::LAST_ACK]);
+    r[st::LAST_ACK as usize] = bits(&[st::LAST_ACK]);
+    r[st::LISTEN as usize] = bits(&[st::LISTEN]);
+    r[st::CLOSE as usize] = bits(&[st::CLOSE]);
+    r
+};
+
 #[inline(always)]
-fn listener_key(family: u16, port: u16) -> u32 {
-    ((family as u32) << 16) | port as u32
+fn can_follow(last: u8, old: u8) -> bool {
+    REACH[(last & 15) as usize] & (1 << (old & 15)) != 0
+}
+
+#[inline(always)]
+fn listen_key(netns: u32, family: u16, port: u16, addr: [u8; 16]) -> ListenKey {
+    ListenKey {
+        netns,
+        family,
+        port,
+        addr,
+    }
+}
+
+/// The listener an accepted child came from: the child's own local address,
+/// else the wildcard. None when no listener is known or several processes
+/// share it.
+#[inline(always)]
+fn listener_of(key: &mut ListenKey, ev_flags: &mut u8) -> Option<Owner> {
+    let found = match unsafe { LISTENERS.get(&*key) } {
+        Some(l) => Some(*l),
+        None => {
+            key.addr = [0; 16];
+            unsafe { LISTENERS.get(&*key) }.copied()
+        }
+    }?;
+    if found.ambiguous != 0 {
+        *ev_flags |= flags::AMBIGUOUS_LISTENER;
+        return None;
+    }
+    Some(found.owner)
+}
+
+#[inline(always)]
+fn addrs(ctx: &TracePointContext, family: u16) -> ([u8; 16], [u8; 16]) {
+    // Addresses are in network order: copy their bytes as they lie
+    // (native-endian words keep the byte order).
+    let mut s = [0u8; 16];
+    let mut d = [0u8; 16];
+    if family == portwatch_common::AF_INET {
+        let s4: u32 = unsafe { tp_field(ctx, SADDR) };
+        let d4: u32 = unsafe { tp_field(ctx, DADDR) };
+        s[..4].copy_from_slice(&s4.to_ne_bytes());
+        d[..4].copy_from_slice(&d4.to_ne_bytes());
+    } else {
+        s = v6(ctx, SADDR_V6);
+        d = v6(ctx, DADDR_V6);
+    }
+    (s, d)
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
@@ -88,44 +175,87 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let sport: u16 = unsafe { tp_field(ctx, SPORT) };
     let dport: u16 = unsafe { tp_field(ctx, DPORT) };
     let family: u16 = unsafe { tp_field(ctx, FAMILY) };
+    let (saddr, daddr) = addrs(ctx, family);
+    let netns = sock_netns(skaddr, &offsets());
 
     let mut ev_flags = 0u8;
-    let owner: Owner = if in_process_context(old, new) {
-        let owner = current_owner();
-        // close() usually runs in the thread that connected or accepted:
-        // rewriting an identical entry would only cost an LRU update.
-        let known = unsafe { OWNERS.get(&skaddr) }.is_some_and(|o| same_owner(o, &owner));
-        if !known {
-            let _ = OWNERS.insert(&skaddr, &owner, 0);
+    let mut owner: Owner = if in_process_context(old, new) {
+        let mut owner = current_owner();
+        owner.state = new;
+        // close() usually runs in the thread that connected or accepted: an
+        // identical entry only needs its state moved on.
+        match OWNERS.get_ptr_mut(&skaddr) {
+            Some(o) if same_owner(unsafe { &*o }, &owner) => unsafe { (*o).state = new },
+            _ => {
+                let _ = OWNERS.insert(&skaddr, &owner, 0);
+            }
         }
         if new == st::LISTEN {
-            let _ = LISTENERS.insert(&listener_key(family, sport), &owner, 0);
+            let key = listen_key(netns, family, sport, saddr);
+            match LISTENERS.get_ptr_mut(&key) {
+                Some(l) => unsafe {
+                    if (*l).count == 0 {
+                        (*l).owner = owner;
+                        (*l).ambiguous = 0;
+                    } else if (*l).owner.tgid != owner.tgid {
+                        (*l).ambiguous = 1;
+                    }
+                    (*l).count += 1;
+                },
+                None => {
+                    let l = Listener {
+                        owner,
+                        count: 1,
+                        ambiguous: 0,
+                    };
+                    let _ = LISTENERS.insert(&key, &l, 0);
+                }
+            }
         }
         if new == st::SYN_SENT {
-            // Tells the syscall-tracepoint connect hook that this call is TCP.
+            // Tells the syscall-tracepoint connect hook that this call is
+            // TCP, and which socket it is.
             if let Some(call) = PENDING_CONNECT.get_ptr_mut(&owner.tid) {
-                unsafe { (*call).flags |= flags::TCP_SEEN };
+                unsafe {
+                    (*call).flags |= flags::TCP_SEEN;
+                    (*call).sk = skaddr;
+                }
             }
         }
         ev_flags |= flags::OWNER_CURRENT;
         owner
-    } else if let Some(o) = unsafe { OWNERS.get(&skaddr) } {
-        ev_flags |= flags::OWNER_REMEMBERED;
-        *o
     } else if old == st::LISTEN && new == st::SYN_RECV {
-        // A new child socket, cloned from its listener in softirq.
-        match unsafe { LISTENERS.get(&listener_key(family, sport)) } {
-            Some(o) => {
-                let o = *o;
+        // A new child socket, cloned from its listener in softirq: it takes
+        // the listener's owner, whatever an older socket at this address left.
+        let mut key = listen_key(netns, family, sport, saddr);
+        match listener_of(&mut key, &mut ev_flags) {
+            Some(mut o) => {
+                o.state = new;
                 let _ = OWNERS.insert(&skaddr, &o, 0);
                 ev_flags |= flags::OWNER_REMEMBERED;
                 o
             }
-            None => Owner::zeroed(),
+            None => {
+                let _ = OWNERS.remove(&skaddr);
+                Owner::zeroed()
+            }
         }
     } else {
-        Owner::zeroed()
+        match OWNERS.get_ptr_mut(&skaddr) {
+            Some(o) if can_follow(unsafe { (*o).state }, old) => {
+                unsafe { (*o).state = new };
+                ev_flags |= flags::OWNER_REMEMBERED;
+                unsafe { *o }
+            }
+            Some(_) => {
+                let _ = OWNERS.remove(&skaddr);
+                ev_flags |= flags::STALE_OWNER;
+                Owner::zeroed()
+            }
+            None => Owner::zeroed(),
+        }
     };
+    owner.state = 0;
 
     if (old == st::FIN_WAIT2 || old == st::CLOSING) && new == st::CLOSE {
         if unsafe { TW_PENDING.get(&skaddr) }.is_some() {
@@ -134,7 +264,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         }
     }
 
-    if wanted(owner.tgid, sport, dport) {
+    if wanted(owner.tgid, sport, dport, netns) {
         submit(|ev| {
             ev.kind = kind::STATE;
             ev.flags = ev_flags;
@@ -144,18 +274,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             ev.new_state = new;
             ev.sport = sport;
             ev.dport = dport;
+            ev.netns = netns;
             ev.skaddr = skaddr;
-            // Addresses are in network order: copy their bytes as they lie
-            // (native-endian words keep the byte order).
-            if family == portwatch_common::AF_INET {
-                let s4: u32 = unsafe { tp_field(ctx, SADDR) };
-                let d4: u32 = unsafe { tp_field(ctx, DADDR) };
-                ev.saddr[..4].copy_from_slice(&s4.to_ne_bytes());
-                ev.daddr[..4].copy_from_slice(&d4.to_ne_bytes());
-            } else {
-                ev.saddr = v6(ctx, SADDR_V6);
-                ev.daddr = v6(ctx, DADDR_V6);
-            }
+            ev.saddr = saddr;
+            ev.daddr = daddr;
             ev.owner = owner;
         });
     }
@@ -163,7 +285,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     if new == st::CLOSE {
         let _ = OWNERS.remove(&skaddr);
         if old == st::LISTEN {
-            let _ = LISTENERS.remove(&listener_key(family, sport));
+            let key = listen_key(netns, family, sport, saddr);
+            if let Some(l) = LISTENERS.get_ptr_mut(&key) {
+                if unsafe { (*l).count } <= 1 {
+                    let _ = LISTENERS.remove(&key);
+                } else {
+                    unsafe { (*l).count -= 1 };
+                }
+            }
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, LostReason};
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s on Linux (not tunable there).
 pub const TIMEWAIT_NS: i128 = 60 * 1_000_000_000;
@@ -21,7 +21,9 @@ pub struct ProcKey {
 pub struct ProcStats {
     pub events: u64,
     pub timewait: u64,
-    pub timewait_by_dest: BTreeMap<(IpAddr, u16), u64>,
+    /// By (network namespace, address, port): fifty pods each talking to
+    /// their own 127.0.0.1:5432 are fifty destinations.
+    pub timewait_by_dest: BTreeMap<Dest, u64>,
     pub connect_failures: BTreeMap<String, u64>,
     pub bind_failures: BTreeMap<(String, u16), u64>,
 }
@@ -39,14 +41,39 @@ impl PortRange {
     }
 }
 
+/// A destination as the kernel's port allocator sees it: in one network
+/// namespace.
+pub type Dest = (Option<u64>, IpAddr, u16);
+
+/// Lost events by reason, every reason always present.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LostByReason {
+    pub ring_buffer: u64,
+    pub recursion: u64,
+    pub inferred: u64,
+}
+
+impl LostByReason {
+    fn add(&mut self, reason: Option<LostReason>, n: u64) {
+        match reason {
+            Some(LostReason::Recursion) => self.recursion += n,
+            Some(LostReason::Inferred) => self.inferred += n,
+            // A recording from before reasons were kept: the ring buffer
+            // was the only reason then.
+            Some(LostReason::RingBuffer) | None => self.ring_buffer += n,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Aggregator {
     procs: HashMap<ProcKey, ProcStats>,
     events: u64,
     lost: u64,
+    lost_by_reason: LostByReason,
     /// TIME_WAIT entries of the last 60 s, oldest first, to estimate how many
     /// are still in the table per destination.
-    recent_tw: VecDeque<(i128, IpAddr, u16)>,
+    recent_tw: VecDeque<(i128, Dest)>,
     range: Option<PortRange>,
     first: Option<i128>,
     last: Option<i128>,
@@ -64,7 +91,9 @@ impl Aggregator {
         self.first.get_or_insert(ev.time);
         self.last = Some(self.last.map_or(ev.time, |l| l.max(ev.time)));
         if ev.event == EventKind::Lost {
-            self.lost += ev.lost.unwrap_or(0);
+            let n = ev.lost.unwrap_or(0);
+            self.lost += n;
+            self.lost_by_reason.add(ev.lost_reason, n);
             return;
         }
         self.events += 1;
@@ -80,8 +109,9 @@ impl Aggregator {
             EventKind::Timewait => {
                 stats.timewait += 1;
                 let (daddr, dport) = ev.remote();
-                *stats.timewait_by_dest.entry((daddr, dport)).or_default() += 1;
-                self.recent_tw.push_back((ev.time, daddr, dport));
+                let dest = (ev.netns, daddr, dport);
+                *stats.timewait_by_dest.entry(dest).or_default() += 1;
+                self.recent_tw.push_back((ev.time, dest));
                 self.expire(ev.time);
             }
             EventKind::Connect if ev.is_failure() => {
@@ -103,7 +133,7 @@ impl Aggregator {
         while self
             .recent_tw
             .front()
-            .is_some_and(|(t, _, _)| *t <= now - TIMEWAIT_NS)
+            .is_some_and(|(t, _)| *t <= now - TIMEWAIT_NS)
         {
             self.recent_tw.pop_front();
         }
@@ -120,14 +150,15 @@ impl Aggregator {
     /// The summary as of `now` (wall-clock ns).
     pub fn summary(&mut self, now: i128) -> Summary {
         self.expire(now);
-        let mut active: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
-        for (_, a, p) in &self.recent_tw {
-            *active.entry((*a, *p)).or_default() += 1;
+        let mut active: BTreeMap<Dest, u64> = BTreeMap::new();
+        for (_, dest) in &self.recent_tw {
+            *active.entry(*dest).or_default() += 1;
         }
         let capacity = self.range.map(|r| r.size());
         let mut destinations: Vec<DestSummary> = active
             .into_iter()
-            .map(|((daddr, dport), n)| DestSummary {
+            .map(|((netns, daddr, dport), n)| DestSummary {
+                netns,
                 daddr,
                 dport,
                 timewait_active: n,
@@ -148,7 +179,8 @@ impl Aggregator {
                 timewait_destinations: s
                     .timewait_by_dest
                     .iter()
-                    .map(|((daddr, dport), count)| DestCount {
+                    .map(|((netns, daddr, dport), count)| DestCount {
+                        netns: *netns,
                         daddr: *daddr,
                         dport: *dport,
                         count: *count,
@@ -182,6 +214,7 @@ impl Aggregator {
             },
             events: self.events,
             lost: self.lost,
+            lost_by_reason: self.lost_by_reason.clone(),
             ephemeral_range: self.range,
             timewait_destinations: destinations,
             processes,
@@ -191,6 +224,7 @@ impl Aggregator {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DestCount {
+    pub netns: Option<u64>,
     pub daddr: IpAddr,
     pub dport: u16,
     pub count: u64,
@@ -218,6 +252,7 @@ pub struct ProcSummary {
 /// destination, against the ports the ephemeral range offers it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DestSummary {
+    pub netns: Option<u64>,
     pub daddr: IpAddr,
     pub dport: u16,
     pub timewait_active: u64,
@@ -234,7 +269,9 @@ pub struct Summary {
     pub time: i128,
     pub duration_s: f64,
     pub events: u64,
+    /// Every lost event, whatever the reason; `lost_by_reason` splits it.
     pub lost: u64,
+    pub lost_by_reason: LostByReason,
     pub ephemeral_range: Option<PortRange>,
     pub timewait_destinations: Vec<DestSummary>,
     pub processes: Vec<ProcSummary>,
@@ -301,7 +338,8 @@ mod tests {
         b.set_ret(-98);
         agg.add(&b);
         agg.add(&b);
-        agg.add(&Event::lost(1, 7));
+        agg.add(&Event::lost(1, 7, LostReason::RingBuffer));
+        agg.add(&Event::lost(1, 2, LostReason::Inferred));
         let s = agg.summary(2);
         let p = &s.processes[0];
         assert_eq!(p.connect_failures.get("EADDRNOTAVAIL"), Some(&1));
@@ -314,7 +352,15 @@ mod tests {
                 count: 2
             }]
         );
-        assert_eq!(s.lost, 7);
+        assert_eq!(s.lost, 9);
+        assert_eq!(
+            s.lost_by_reason,
+            LostByReason {
+                ring_buffer: 7,
+                recursion: 0,
+                inferred: 2
+            }
+        );
         assert_eq!(s.events, 4);
     }
 }

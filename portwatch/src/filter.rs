@@ -87,7 +87,7 @@ mod tests {
             comm: Some("x".into()),
             errors_only: true,
         };
-        assert!(f.shows(&Event::lost(0, 5)));
+        assert!(f.shows(&Event::lost(0, 5, crate::model::LostReason::RingBuffer)));
         let mut bind = ev(EventKind::Bind, 7, "x", 1, 0);
         bind.set_ret(0);
         assert!(f.selects(&bind) && !f.shows(&bind));

@@ -127,6 +127,53 @@ impl EventKind {
     }
 }
 
+/// Why events are missing. Each is counted apart: the kernel reports the
+/// first two, portwatch infers the third from a socket's chain of states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostReason {
+    /// The ring buffer was full when the kernel side tried to submit.
+    RingBuffer,
+    /// The kernel skipped a program because one was already running on that
+    /// CPU (`recursion_misses`; counted by kernels since about 6.7).
+    Recursion,
+    /// A socket's transitions do not chain (an old state that is not the
+    /// last new state seen): transitions went missing that no counter saw.
+    Inferred,
+}
+
+impl LostReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            LostReason::RingBuffer => "ring buffer full",
+            LostReason::Recursion => "kernel skipped the program (recursion)",
+            LostReason::Inferred => "inferred from a broken chain of states",
+        }
+    }
+}
+
+/// A socket's identity within one run: a keyed hash of the kernel's socket
+/// address (the key is random per run), so events of one socket can be tied
+/// together without revealing kernel addresses. Written as 16 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockId(pub u64);
+
+impl Serialize for SockId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:016x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for SockId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let hex = s.trim_start_matches("0x");
+        u64::from_str_radix(hex, 16)
+            .map(SockId)
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a socket id")))
+    }
+}
+
 /// How the process an event names was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -191,13 +238,21 @@ pub struct Event {
     /// For `lost` events: how many events were dropped since the previous one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
-    /// The kernel's socket identity, tying a socket's events together.
+    /// For `lost` events: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sock: Option<String>,
-    /// Inode of the owner's network namespace (as `ls -iL /proc/PID/ns/net`
+    pub lost_reason: Option<LostReason>,
+    /// The socket's identity within this run, tying its events together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock: Option<SockId>,
+    /// Inode of the socket's network namespace (as `ls -iL /proc/PID/ns/net`
     /// shows), which tells containers apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// CLOCK_BOOTTIME of the event as the kernel stamped it (0 when not
+    /// from the kernel); the journal keeps it as the time that no wall-clock
+    /// step can move.
+    #[serde(skip)]
+    pub boot_ns: u64,
 }
 
 impl Event {
@@ -226,14 +281,17 @@ impl Event {
             cgroup: None,
             cgroup_id: None,
             lost: None,
+            lost_reason: None,
             sock: None,
             netns: None,
+            boot_ns: 0,
         }
     }
 
-    pub fn lost(time: i128, count: u64) -> Self {
+    pub fn lost(time: i128, count: u64, reason: LostReason) -> Self {
         Event {
             lost: Some(count),
+            lost_reason: Some(reason),
             ..Event::new(time, EventKind::Lost)
         }
     }
@@ -278,7 +336,11 @@ pub enum SourceMsg {
     /// collector knows beyond the model's fields.
     Event(Event, Hints),
     /// The collector could not deliver `count` events.
-    Lost { time: i128, count: u64 },
+    Lost {
+        time: i128,
+        count: u64,
+        reason: LostReason,
+    },
 }
 
 /// What a collector knows about an event beyond the model's fields.
@@ -286,4 +348,12 @@ pub enum SourceMsg {
 pub struct Hints {
     /// A kernel hook saw this socket enter TIME_WAIT.
     pub timewait_confirmed: bool,
+    /// The kernel dropped an owner remembered for this socket address
+    /// because it did not fit the socket's chain of states.
+    pub stale_owner: bool,
+    /// An accepted child of an address several processes listen on.
+    pub ambiguous_listener: bool,
+    /// A replayed event, already attributed once: check its chain, derive
+    /// nothing again.
+    pub replayed: bool,
 }

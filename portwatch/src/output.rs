@@ -113,7 +113,13 @@ fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
 /// The last column: states, errno and holder, or the lost count.
 fn detail(ev: &Event) -> String {
     match ev.event {
-        EventKind::Lost => format!("{} events lost (ring buffer full)", ev.lost.unwrap_or(0)),
+        EventKind::Lost => format!(
+            "{} events lost ({})",
+            ev.lost.unwrap_or(0),
+            ev.lost_reason
+                .unwrap_or(crate::model::LostReason::RingBuffer)
+                .describe()
+        ),
         EventKind::Bind | EventKind::Connect => {
             let mut s = match &ev.errno {
                 Some(e) => e.clone(),
@@ -197,10 +203,11 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
         let title = self.paint(Style::new().bold(), "summary");
+        let l = &s.lost_by_reason;
         writeln!(
             self.out,
-            "\n{title}: {} events in {:.1}s, {} lost",
-            s.events, s.duration_s, s.lost
+            "\n{title}: {} events in {:.1}s, {} lost (ring buffer {}, recursion {}, inferred from broken chains {})",
+            s.events, s.duration_s, s.lost, l.ring_buffer, l.recursion, l.inferred
         )?;
         if let Some(r) = s.ephemeral_range {
             writeln!(

@@ -219,10 +219,7 @@ impl SockDiag {
     ) -> Result<Vec<Option<SocketEntry>>, SockDiagError> {
         let mut out: Vec<Option<SocketEntry>> = vec![None; tuples.len()];
         for (c, chunk) in tuples.chunks(LOOKUP_CHUNK).enumerate() {
-            if self.poisoned {
-                self.sock = open_socket().map_err(SockDiagError::Open)?;
-                self.poisoned = false;
-            }
+            self.reopen_if_poisoned()?;
             let first = self.seq.wrapping_add(1);
             let mut msg = Vec::with_capacity(chunk.len() * 128);
             for &(sa, sp, da, dp) in chunk {
@@ -236,35 +233,27 @@ impl SockDiag {
             let mut pending = chunk.len();
             while pending > 0 {
                 let len = self.recv_answer()?;
-                let mut offset = 0;
-                while offset < len {
-                    let bytes = &self.buf[offset..len];
-                    let nl = NetlinkBuffer::new_checked(bytes)
-                        .map_err(|e| SockDiagError::Netlink(format!("bad netlink header: {e}")))?;
-                    let msg_len = nl.length() as usize;
-                    offset += msg_len.next_multiple_of(usize::from(NLMSG_ALIGNTO));
-                    let i = nl.sequence_number().wrapping_sub(first) as usize;
+                for m in messages(&self.buf[..len]) {
+                    let (seq, bytes) = m?;
+                    let i = seq.wrapping_sub(first) as usize;
                     if i >= chunk.len() {
                         // Leftover from an earlier, abandoned request.
                         continue;
                     }
-                    let answer =
-                        match NetlinkMessage::<SockDiagMessage>::deserialize(&bytes[..msg_len]) {
-                            Ok(m) => match m.payload {
-                                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                                    let (sa, sp, da, dp) = chunk[i];
-                                    Some(
-                                        Some(to_entry(Proto::Tcp, &r))
-                                            .filter(|e| lookup_matches(e, sa, sp, da, dp)),
-                                    )
-                                }
-                                NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => Some(None),
-                                _ => None,
-                            },
-                            Err(e) => {
-                                return Err(SockDiagError::Netlink(format!("TCP lookup: {e}")))
+                    let answer = match NetlinkMessage::<SockDiagMessage>::deserialize(bytes) {
+                        Ok(m) => match m.payload {
+                            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                                let (sa, sp, da, dp) = chunk[i];
+                                Some(
+                                    Some(to_entry(Proto::Tcp, &r))
+                                        .filter(|e| lookup_matches(e, sa, sp, da, dp)),
+                                )
                             }
-                        };
+                            NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => Some(None),
+                            _ => None,
+                        },
+                        Err(e) => return Err(SockDiagError::Netlink(format!("TCP lookup: {e}"))),
+                    };
                     if let Some(a) = answer {
                         out[c * LOOKUP_CHUNK + i] = a;
                         pending -= 1;
@@ -274,6 +263,16 @@ impl SockDiag {
             self.poisoned = false;
         }
         Ok(out)
+    }
+
+    /// After an abandoned exchange, unread replies would confuse the next
+    /// request: start over with a fresh socket, in the same namespace.
+    fn reopen_if_poisoned(&mut self) -> Result<(), SockDiagError> {
+        if self.poisoned {
+            self.sock = open_socket_in(self.netns.as_deref()).map_err(SockDiagError::Open)?;
+            self.poisoned = false;
+        }
+        Ok(())
     }
 
     fn dump(
@@ -307,10 +306,7 @@ impl SockDiag {
 
     /// Sends one request and collects the replies belonging to it.
     fn exchange(&mut self, req: &Request, out: &mut Vec<SocketEntry>) -> Result<(), SockDiagError> {
-        if self.poisoned {
-            self.sock = open_socket_in(self.netns.as_deref()).map_err(SockDiagError::Open)?;
-            self.poisoned = false;
-        }
+        self.reopen_if_poisoned()?;
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let msg = encode_request(req, seq);
@@ -324,19 +320,13 @@ impl SockDiag {
         let mut finished = false;
         while !finished {
             let len = self.recv_datagram()?;
-            let mut offset = 0;
-            while offset < len {
-                let bytes = &self.buf[offset..len];
-                let nl = NetlinkBuffer::new_checked(bytes)
-                    .map_err(|e| SockDiagError::Netlink(format!("bad netlink header: {e}")))?;
-                let msg_len = nl.length() as usize;
-                let align = usize::from(NLMSG_ALIGNTO);
-                offset += msg_len.next_multiple_of(align);
-                if nl.sequence_number() != seq {
+            for m in messages(&self.buf[..len]) {
+                let (msg_seq, bytes) = m?;
+                if msg_seq != seq {
                     // Leftover from an earlier, abandoned request.
                     continue;
                 }
-                let parsed = NetlinkMessage::<SockDiagMessage>::deserialize(&bytes[..msg_len]);
+                let parsed = NetlinkMessage::<SockDiagMessage>::deserialize(bytes);
                 match parsed {
                     Ok(m) => match m.payload {
                         NetlinkPayload::Done(done) => {
@@ -439,6 +429,31 @@ impl SockDiag {
             }
         }
     }
+}
+
+/// The netlink messages of one datagram, each with its sequence number.
+fn messages(buf: &[u8]) -> impl Iterator<Item = Result<(u32, &[u8]), SockDiagError>> {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset >= buf.len() {
+            return None;
+        }
+        let bytes = &buf[offset..];
+        let nl = match NetlinkBuffer::new_checked(bytes) {
+            Ok(nl) => nl,
+            Err(e) => {
+                offset = buf.len();
+                return Some(Err(SockDiagError::Netlink(format!(
+                    "bad netlink header: {e}"
+                ))));
+            }
+        };
+        let len = (nl.length() as usize).min(bytes.len());
+        offset += len
+            .next_multiple_of(usize::from(NLMSG_ALIGNTO))
+            .max(usize::from(NLMSG_ALIGNTO));
+        Some(Ok((nl.sequence_number(), &bytes[..len])))
+    })
 }
 
 /// A socket keeps the namespace it was created in, so create it on a

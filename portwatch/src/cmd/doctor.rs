@@ -696,6 +696,9 @@ pub fn write_text(
                 let chosen = e.chosen.as_deref().unwrap_or("nothing loads");
                 writeln!(w, "  {:<10} {chosen}", e.event)?;
             }
+            if let Some(netns) = &h.netns {
+                writeln!(w, "  {:<10} {netns}", "netns")?;
+            }
             writeln!(w)?;
             writeln!(w, "{}", p.paint(bold, "Mechanisms"))?;
             writeln!(w, "  {:<20} {:<6} REASON", "MECHANISM", "LOADS")?;
@@ -1253,6 +1256,7 @@ mod tests {
                 call("connect"),
             ],
             extra: vec![attempt("cgroup", HookKind::CgroupSockAddr, true)],
+            netns: None,
         }
     }
 
@@ -1289,6 +1293,7 @@ mod tests {
                 call("connect"),
             ],
             extra: vec![],
+            netns: None,
         }
     }
 

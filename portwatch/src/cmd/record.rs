@@ -73,7 +73,10 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let mut writer = JournalWriter::open(&args.journal, cfg)
         .with_context(|| format!("cannot open the journal in {}", args.journal.display()))?;
     let boot_id = journal::boot_id().context("cannot read the boot id")?;
-    let clock = Clock::new();
+    // For events the kernel did not stamp (TIME_WAIT seen by a re-check);
+    // refreshed with the collector's, so a wall-clock step moves only what
+    // comes after it.
+    let clock = std::cell::Cell::new(Clock::new());
 
     let mut stop = super::Stop::install(args.duration)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
@@ -111,7 +114,11 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
             if journal_worthy(&ev) {
                 let rec = Record {
                     boot_id: boot_id.clone(),
-                    mono_ns: clock.boot_ns(ev.time),
+                    mono_ns: if ev.boot_ns != 0 {
+                        ev.boot_ns
+                    } else {
+                        clock.get().boot_ns(ev.time)
+                    },
                     event: ev,
                 };
                 writer.append(&rec).context("writing the journal")?;
@@ -128,6 +135,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
                 None => break,
             },
             _ = tick.tick() => {
+                let mut c = clock.get();
+                c.refresh();
+                clock.set(c);
                 append(&mut writer, Work::Recheck { last: false })?;
                 writer.sync_if_due().context("syncing the journal")?;
             }
@@ -163,7 +173,11 @@ mod tests {
         assert!(journal_worthy(&Event::new(0, EventKind::Bind)));
         assert!(journal_worthy(&Event::new(0, EventKind::Listen)));
         assert!(journal_worthy(&Event::new(0, EventKind::Timewait)));
-        assert!(journal_worthy(&Event::lost(0, 3)));
+        assert!(journal_worthy(&Event::lost(
+            0,
+            3,
+            crate::model::LostReason::RingBuffer
+        )));
         let mut connect = Event::new(0, EventKind::Connect);
         connect.set_ret(-99);
         assert!(journal_worthy(&connect));

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use crate::attribution::{Attributor, Offline};
 use crate::cli::{ColorChoice, TraceArgs};
 use crate::filter::EventFilter;
+use crate::model::{Hints, LostReason, SourceMsg};
 use crate::output::{JsonSink, Sink, TextSink};
 use crate::pipeline::Pipeline;
 use crate::timefmt::now_ns;
@@ -62,9 +63,18 @@ fn replay(args: &TraceArgs, path: &std::path::Path) -> anyhow::Result<()> {
     )
     .quiet(args.summary_only);
     let mut last = 0;
-    for ev in &recording.events {
+    for ev in recording.events {
         last = last.max(ev.time);
-        if !quiet_on_broken_pipe(pipeline.emit(ev))? {
+        // Losses inferred from broken chains are inferred again, from the
+        // same chains, as the events go through attribution once more.
+        if ev.lost_reason == Some(LostReason::Inferred) {
+            continue;
+        }
+        let hints = Hints {
+            replayed: true,
+            ..Hints::default()
+        };
+        if !quiet_on_broken_pipe(pipeline.handle(SourceMsg::Event(ev, hints)))? {
             return Ok(());
         }
     }

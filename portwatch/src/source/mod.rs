@@ -85,6 +85,9 @@ pub struct HookTable {
     pub events: Vec<EventHooks>,
     /// Program types probed for information only (cgroup hooks).
     pub extra: Vec<HookAttempt>,
+    /// Where each event's network namespace comes from (the kernel, through
+    /// BTF offsets, or /proc and why).
+    pub netns: Option<String>,
 }
 
 impl HookTable {
@@ -102,6 +105,10 @@ impl HookTable {
                     how: how.clone(),
                 })
             })
+            .chain(self.netns.as_ref().map(|how| Mechanism {
+                what: "netns",
+                how: how.clone(),
+            }))
             .collect()
     }
 
@@ -182,6 +189,7 @@ mod tests {
                 },
             ],
             extra: vec![attempt("cgroup", HookKind::CgroupSockAddr, false)],
+            netns: None,
         };
         let s = table.support();
         let get = |k| s.iter().find(|m| m.mechanism == k).unwrap();

@@ -6,7 +6,7 @@ use portwatch_common::{
     flags, kind, RawEvent, AF_INET, AF_INET6, EVENT_VERSION, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::model::{Attribution, Event, EventKind, Family, Hints, Protocol, TcpState};
+use crate::model::{Attribution, Event, EventKind, Family, Hints, Protocol, SockId, TcpState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -18,40 +18,100 @@ pub enum DecodeError {
     Kind(u8),
 }
 
-/// Converts CLOCK_BOOTTIME (what `bpf_ktime_get_boot_ns` reads) to wall time.
+/// Converts CLOCK_BOOTTIME (what `bpf_ktime_get_boot_ns` reads) to wall
+/// time. The offset between the two moves when the wall clock is stepped
+/// (NTP at boot, an admin's `date -s`), so a long-running reader calls
+/// [`Clock::refresh`] now and then; events stamped before the sample that
+/// saw a step keep the offset they happened under.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     /// realtime - boottime, in ns.
     offset: i128,
+    /// The boot time of the sample that set `offset`, and the offset before it.
+    since: u64,
+    prev: i128,
+}
+
+/// Test hook: `AFTER_MS:STEP_S` makes this process's wall clock read
+/// STEP_S seconds later from AFTER_MS after its first read, as an NTP step
+/// would, so that tests can step a clock without touching the machine's.
+pub const TEST_STEP_ENV: &str = "PORTWATCH_TEST_CLOCK_STEP";
+
+fn read_clock(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; both clocks exist on Linux >= 2.6.39.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// (realtime, boottime) now, with the test step applied.
+fn sample() -> (i128, u64) {
+    use std::sync::OnceLock;
+    static STEP: OnceLock<Option<(i128, i128)>> = OnceLock::new();
+    let boot = read_clock(libc::CLOCK_BOOTTIME);
+    let mut real = read_clock(libc::CLOCK_REALTIME);
+    let step = STEP.get_or_init(|| {
+        let v = std::env::var(TEST_STEP_ENV).ok()?;
+        let (after, secs) = v.split_once(':')?;
+        let after: i128 = after.parse().ok()?;
+        let secs: i128 = secs.parse().ok()?;
+        Some((boot + after * 1_000_000, secs * 1_000_000_000))
+    });
+    if let Some((at, by)) = *step {
+        if boot >= at {
+            real += by;
+        }
+    }
+    (real, u64::try_from(boot).unwrap_or(0))
 }
 
 impl Clock {
     pub fn new() -> Self {
-        let read = |id| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: valid pointer to a timespec; both clocks exist on Linux >= 2.6.39.
-            unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-        };
-        let real = read(libc::CLOCK_REALTIME);
-        let boot = read(libc::CLOCK_BOOTTIME);
+        let (real, boot) = sample();
+        let offset = real - i128::from(boot);
         Clock {
-            offset: real - boot,
+            offset,
+            since: 0,
+            prev: offset,
         }
     }
 
     pub fn with_offset(offset: i128) -> Self {
-        Clock { offset }
+        Clock {
+            offset,
+            since: 0,
+            prev: offset,
+        }
+    }
+
+    /// Samples the offset again; a change of more than a millisecond (a
+    /// step, not drift correction) starts a new period.
+    pub fn refresh(&mut self) {
+        let (real, boot) = sample();
+        self.set(real - i128::from(boot), boot);
+    }
+
+    fn set(&mut self, offset: i128, at_boot_ns: u64) {
+        if (offset - self.offset).abs() > 1_000_000 {
+            self.prev = self.offset;
+            self.since = at_boot_ns;
+        }
+        self.offset = offset;
     }
 
     pub fn wall(&self, boot_ns: u64) -> i128 {
-        boot_ns as i128 + self.offset
+        let offset = if boot_ns < self.since {
+            self.prev
+        } else {
+            self.offset
+        };
+        boot_ns as i128 + offset
     }
 
-    /// The inverse of [`Clock::wall`]: CLOCK_BOOTTIME for a wall time.
+    /// The inverse of [`Clock::wall`] under the current offset.
     pub fn boot_ns(&self, wall: i128) -> u64 {
         u64::try_from(wall - self.offset).unwrap_or(0)
     }
@@ -60,6 +120,36 @@ impl Clock {
 impl Default for Clock {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Turns raw events into model events: wall time from the kernel's boot
+/// clock, and socket ids that do not reveal kernel addresses.
+pub struct Decoder {
+    pub clock: Clock,
+    /// Random keys, new each run: ids tie one run's events together only.
+    ids: std::collections::hash_map::RandomState,
+}
+
+impl Decoder {
+    pub fn new(clock: Clock) -> Self {
+        Decoder {
+            clock,
+            ids: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    pub fn sock_id(&self, skaddr: u64) -> SockId {
+        use std::hash::BuildHasher as _;
+        SockId(self.ids.hash_one(skaddr))
+    }
+
+    pub fn decode(&self, raw: &RawEvent) -> Result<(Event, Hints), DecodeError> {
+        let (mut ev, hints) = decode(raw, &self.clock)?;
+        if raw.skaddr != 0 {
+            ev.sock = Some(self.sock_id(raw.skaddr));
+        }
+        Ok((ev, hints))
     }
 }
 
@@ -90,6 +180,7 @@ fn comm(bytes: &[u8; 16]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// Decodes everything but the socket id (see [`Decoder`]).
 pub fn decode(raw: &RawEvent, clock: &Clock) -> Result<(Event, Hints), DecodeError> {
     let event = match raw.kind {
         kind::STATE => EventKind::State,
@@ -98,6 +189,8 @@ pub fn decode(raw: &RawEvent, clock: &Clock) -> Result<(Event, Hints), DecodeErr
         k => return Err(DecodeError::Kind(k)),
     };
     let mut ev = Event::new(clock.wall(raw.ts_ns), event);
+    ev.boot_ns = raw.ts_ns;
+    ev.netns = (raw.netns != 0).then_some(u64::from(raw.netns));
     ev.family = match raw.family {
         AF_INET => Some(Family::Ipv4),
         AF_INET6 => Some(Family::Ipv6),
@@ -146,11 +239,11 @@ pub fn decode(raw: &RawEvent, clock: &Clock) -> Result<(Event, Hints), DecodeErr
             ev.set_ret(raw.ret);
         }
     }
-    if raw.skaddr != 0 {
-        ev.sock = Some(format!("{:#x}", raw.skaddr));
-    }
     let hints = Hints {
         timewait_confirmed: raw.flags & flags::TIMEWAIT_CONFIRMED != 0,
+        stale_owner: raw.flags & flags::STALE_OWNER != 0,
+        ambiguous_listener: raw.flags & flags::AMBIGUOUS_LISTENER != 0,
+        replayed: false,
     };
     Ok((ev, hints))
 }
@@ -180,7 +273,8 @@ mod tests {
                 tgid: 4242,
                 tid: 4243,
                 uid: 1000,
-                _pad: 0,
+                state: 0,
+                _pad: [0; 3],
                 cgroup_id: 7,
                 comm,
             },
@@ -216,8 +310,44 @@ mod tests {
         assert_eq!(ev.old_state, Some(TcpState::FinWait2));
         assert_eq!(ev.new_state, Some(TcpState::Close));
         assert_eq!(ev.attribution, Attribution::Remembered);
-        assert_eq!(ev.sock.as_deref(), Some("0xffff888012345678"));
+        assert_eq!(ev.sock, None, "ids come from a Decoder");
+        assert_eq!(ev.netns, None);
+        assert_eq!(ev.boot_ns, 5_000_000_000);
         assert!(hints.timewait_confirmed);
+    }
+
+    #[test]
+    fn socket_ids_are_stable_within_a_run_and_hide_the_address() {
+        let mut raw = raw_state(tcp_state::FIN_WAIT2, tcp_state::CLOSE);
+        raw.netns = 4026531840;
+        let d = Decoder::new(Clock::with_offset(0));
+        let (a, _) = d.decode(&raw).expect("decode");
+        let (b, _) = d.decode(&raw).expect("decode");
+        assert_eq!(a.netns, Some(4026531840));
+        assert_eq!(a.sock, b.sock);
+        let id = a.sock.expect("id");
+        assert_ne!(id.0, raw.skaddr);
+        let json = serde_json::to_string(&a).expect("json");
+        assert!(!json.contains("ffff8880"), "{json}");
+        // Another run, another key.
+        let (c, _) = Decoder::new(Clock::with_offset(0))
+            .decode(&raw)
+            .expect("decode");
+        assert_ne!(c.sock, a.sock);
+        raw.skaddr += 8;
+        assert_ne!(d.decode(&raw).expect("decode").0.sock, a.sock);
+    }
+
+    #[test]
+    fn a_clock_step_moves_later_events_only() {
+        let mut c = Clock::with_offset(1_000);
+        c.set(1_000 + 3_600_000_000_000, 50_000);
+        assert_eq!(c.wall(40_000), 41_000, "before the sample: old offset");
+        assert_eq!(c.wall(60_000), 60_000 + 1_000 + 3_600_000_000_000);
+        // Drift corrections do not start a new period.
+        let mut d = Clock::with_offset(0);
+        d.set(500, 10);
+        assert_eq!(d.wall(5), 505);
     }
 
     #[test]

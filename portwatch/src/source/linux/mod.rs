@@ -3,6 +3,7 @@
 //! streams decoded events into the pipeline.
 
 pub mod decode;
+pub mod offsets;
 pub mod probe;
 
 use std::time::Duration;
@@ -15,9 +16,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::model::SourceMsg;
+use crate::model::{LostReason, SourceMsg};
 use crate::source::Mechanism;
-use decode::Clock;
+use decode::{Clock, Decoder};
 
 pub use probe::{capabilities, probe_hooks, AllowedHooks, Capabilities, HOOKS_ENV};
 
@@ -40,6 +41,8 @@ pub enum CollectorError {
     Attach { what: &'static str, detail: String },
     #[error("{0}")]
     BadHooks(String),
+    #[error("--netns filters in the kernel, which needs the kernel's BTF to read a socket's namespace: {0}")]
+    NoNetns(String),
     #[error("eBPF map: {0}")]
     Map(#[from] aya::maps::MapError),
     #[error("ring buffer: {0}")]
@@ -53,6 +56,8 @@ pub struct CollectorConfig {
     pub pid: Option<u32>,
     /// Only events with one of these ports at either end.
     pub ports: Vec<u16>,
+    /// Only events of sockets in this network namespace (inode).
+    pub netns: Option<u32>,
     /// Ring-buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: Option<u32>,
     /// Test-only: how long the reader waits before it first drains the ring,
@@ -107,9 +112,17 @@ impl LinuxCollector {
             return Err(CollectorError::NoStateTracepoint);
         }
 
+        let offsets = offsets::kernel();
+        if cfg.netns.is_some() && offsets.missing.is_some() {
+            return Err(CollectorError::NoNetns(
+                offsets.missing.clone().unwrap_or_default(),
+            ));
+        }
         let filter = Filter {
             pid: cfg.pid.unwrap_or(0),
             ports_enabled: u32::from(!cfg.ports.is_empty()),
+            netns: cfg.netns.unwrap_or(0),
+            _pad: 0,
         };
         let ring_bytes = cfg.ring_bytes.unwrap_or(RING_BYTES);
         let wakeup_bytes = u64::from(ring_bytes / 4);
@@ -119,6 +132,7 @@ impl LinuxCollector {
         let mut ebpf = {
             let mut loader = EbpfLoader::new();
             loader.override_global("FILTER", &filter, true);
+            loader.override_global("OFFSETS", &offsets.offsets, true);
             loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
             if let Some(bytes) = cfg.ring_bytes {
                 loader.map_max_entries("EVENTS", bytes);
@@ -136,7 +150,11 @@ impl LinuxCollector {
             }
         }
 
-        let mechanisms = probe::attach_all(&mut ebpf, allowed)?;
+        let mut mechanisms = probe::attach_all(&mut ebpf, allowed)?;
+        mechanisms.push(Mechanism {
+            what: "netns",
+            how: offsets.describe(),
+        });
         // The kernel skips a tracepoint or kprobe program that would run
         // while another one runs on the same CPU (an interrupt during one,
         // say) and counts it per program: those are lost events too.
@@ -208,13 +226,14 @@ struct Losses {
 }
 
 impl Losses {
-    fn total(&self) -> u64 {
+    /// (ring buffer full, recursion misses) so far.
+    fn totals(&self) -> (u64, u64) {
         let ring: u64 = self
             .ring
             .get(&0, 0)
             .map(|v| v.iter().copied().sum())
             .unwrap_or(0);
-        ring + self.progs.iter().map(recursion_misses).sum::<u64>()
+        (ring, self.progs.iter().map(recursion_misses).sum::<u64>())
     }
 }
 
@@ -264,8 +283,8 @@ async fn read_loop(
     lost_poll: Duration,
     drain_every: Duration,
 ) -> Result<(), CollectorError> {
-    let clock = Clock::new();
-    let mut seen_lost = 0u64;
+    let mut decoder = Decoder::new(Clock::new());
+    let mut seen = (0u64, 0u64);
     let mut decode_errors = 0u64;
     if let Some(d) = stall {
         tokio::time::sleep(d).await;
@@ -277,7 +296,7 @@ async fn read_loop(
         let stopping = tokio::select! {
             r = ring.readable_mut() => {
                 let mut guard = r?;
-                match drain(guard.get_inner_mut(), &clock, &tx, &mut decode_errors).await {
+                match drain(guard.get_inner_mut(), &decoder, &tx, &mut decode_errors).await {
                     Drained::Closed => return Ok(()),
                     // Leave it marked readable: the next turn drains on,
                     // after other tasks have had theirs.
@@ -288,7 +307,7 @@ async fn read_loop(
             }
             _ = drain_tick.tick() => {
                 loop {
-                    match drain(ring.get_mut(), &clock, &tx, &mut decode_errors).await {
+                    match drain(ring.get_mut(), &decoder, &tx, &mut decode_errors).await {
                         Drained::Closed => return Ok(()),
                         Drained::More => tokio::task::yield_now().await,
                         Drained::Empty => break,
@@ -296,22 +315,33 @@ async fn read_loop(
                 }
                 false
             }
-            _ = tick.tick() => false,
+            _ = tick.tick() => {
+                decoder.clock.refresh();
+                false
+            }
             _ = stop.changed() => true,
         };
-        let total = losses.total();
-        if total > seen_lost {
-            let msg = SourceMsg::Lost {
-                time: crate::timefmt::now_ns(),
-                count: total - seen_lost,
-            };
-            seen_lost = total;
-            if tx.send(vec![msg]).await.is_err() {
-                return Ok(());
+        let (ring_lost, recursion) = losses.totals();
+        let mut msgs = Vec::new();
+        for (now, before, reason) in [
+            (ring_lost, &mut seen.0, LostReason::RingBuffer),
+            (recursion, &mut seen.1, LostReason::Recursion),
+        ] {
+            if now > *before {
+                msgs.push(SourceMsg::Lost {
+                    time: crate::timefmt::now_ns(),
+                    count: now - *before,
+                    reason,
+                });
+                *before = now;
             }
         }
+        if !msgs.is_empty() && tx.send(msgs).await.is_err() {
+            return Ok(());
+        }
         if stopping {
-            while let Drained::More = drain(ring.get_mut(), &clock, &tx, &mut decode_errors).await {
+            while let Drained::More = drain(ring.get_mut(), &decoder, &tx, &mut decode_errors).await
+            {
             }
             if decode_errors > 0 {
                 log::warn!("{decode_errors} events could not be decoded and were skipped");
@@ -333,7 +363,7 @@ enum Drained {
 /// Takes up to DRAIN_CAP events from the ring and sends them in batches.
 async fn drain(
     ring: &mut RingBuf<MapData>,
-    clock: &Clock,
+    decoder: &Decoder,
     tx: &mpsc::Sender<Batch>,
     decode_errors: &mut u64,
 ) -> Drained {
@@ -342,7 +372,7 @@ async fn drain(
         let Some(item) = ring.next() else {
             return send(tx, batch, Drained::Empty).await;
         };
-        let decoded = decode::parse(&item).and_then(|raw: RawEvent| decode::decode(&raw, clock));
+        let decoded = decode::parse(&item).and_then(|raw: RawEvent| decoder.decode(&raw));
         drop(item);
         match decoded {
             Ok((ev, hints)) => {

@@ -522,7 +522,11 @@ pub fn probe_hooks() -> Result<HookTable, CollectorError> {
             "BPF_PROG_TYPE_CGROUP_SOCK (post_bind4/post_bind6)",
         ),
     ];
-    Ok(HookTable { events, extra })
+    Ok(HookTable {
+        events,
+        extra,
+        netns: Some(super::offsets::kernel().describe()),
+    })
 }
 
 /// Whether `BPF_MAP_TYPE_RINGBUF` maps can be created (Linux 5.8+); the

@@ -1,0 +1,579 @@
+//! Attribution: turns what a collector saw into answers. Adds each process's
+//! command line and cgroup, confirms TIME_WAIT entries, and names the holder
+//! of a port that a bind() could not get.
+//!
+//! Every table here is keyed by network namespace: the same port, address
+//! or 4-tuple in two containers is two different things. Each socket's
+//! chain of states is followed ([`chain`]), so that transitions the kernel
+//! lost without counting are reported as inferred losses, and an owner
+//! remembered for a socket address never passes to another socket that
+//! reused it.
+//!
+//! The system is reached only through [`SocketProbe`] and [`ProcessLookup`],
+//! so this module is tested from recorded events without root.
+
+mod chain;
+mod holder;
+mod listeners;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::errno;
+use crate::model::{
+    Attribution, Event, EventKind, Family, Hints, LostReason, Protocol, SourceMsg, TcpState,
+};
+pub use holder::overlaps;
+use listeners::{ChildOwner, ListenerKey, Listeners};
+
+/// A socket bound to a port, as a snapshot shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSocket {
+    pub protocol: Protocol,
+    /// TCP state; None for UDP.
+    pub state: Option<TcpState>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// The owning process, when the socket has one (TIME_WAIT sockets do not).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// IPV6_V6ONLY of an IPv6 socket.
+    pub v6only: bool,
+}
+
+/// Live socket state: sock_diag on Linux, a fake in tests. `netns` is the
+/// network namespace to look in (the event owner's), when known.
+pub trait SocketProbe {
+    /// The state of the TCP socket with this 4-tuple, if it exists.
+    fn tcp_state(
+        &mut self,
+        netns: Option<u64>,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+    ) -> Option<TcpState>;
+    /// Every TCP and UDP socket whose local port is `port`; why not, when
+    /// the table could not be read.
+    fn on_port(&mut self, netns: Option<u64>, port: u16) -> Result<Vec<PortSocket>, String>;
+    /// [`SocketProbe::tcp_state`] for many sockets of one namespace, in
+    /// order: one round trip where the probe can batch.
+    fn tcp_states(&mut self, netns: Option<u64>, tuples: &[Tuple]) -> Vec<Option<TcpState>> {
+        tuples
+            .iter()
+            .map(|&(sa, sp, da, dp)| self.tcp_state(netns, sa, sp, da, dp))
+            .collect()
+    }
+}
+
+/// What portwatch adds about a process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    /// Inode of its network namespace.
+    pub netns: Option<u64>,
+}
+
+pub trait ProcessLookup {
+    fn lookup(&mut self, pid: u32) -> Option<ProcessInfo>;
+    /// The path of a cgroup v2 id, for processes that are gone by the time
+    /// their event is read.
+    fn cgroup_path(&mut self, _id: u64) -> Option<String> {
+        None
+    }
+}
+
+/// For replays: nothing live to ask.
+pub struct Offline;
+
+impl SocketProbe for Offline {
+    fn tcp_state(
+        &mut self,
+        _: Option<u64>,
+        _: IpAddr,
+        _: u16,
+        _: IpAddr,
+        _: u16,
+    ) -> Option<TcpState> {
+        None
+    }
+    fn on_port(&mut self, _: Option<u64>, _: u16) -> Result<Vec<PortSocket>, String> {
+        Err("no live socket table in a replay".to_owned())
+    }
+}
+
+impl ProcessLookup for Offline {
+    fn lookup(&mut self, _: u32) -> Option<ProcessInfo> {
+        None
+    }
+}
+
+/// A TCP connection's (saddr, sport, daddr, dport).
+pub type Tuple = (IpAddr, u16, IpAddr, u16);
+
+/// What attribution remembers about a socket's or listener's owner.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Known {
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
+    pub family: Option<Family>,
+    pub time: i128,
+    /// The last state this trace saw the socket in.
+    pub state: Option<TcpState>,
+}
+
+impl Known {
+    fn of(ev: &Event) -> Known {
+        Known {
+            pid: ev.pid,
+            tid: ev.tid,
+            uid: ev.uid,
+            comm: ev.comm.clone(),
+            family: ev.family,
+            time: ev.time,
+            state: ev.new_state,
+        }
+    }
+}
+
+/// Whether `ev` is a FIN_WAIT2/CLOSING -> CLOSE that only the socket table
+/// can confirm as TIME_WAIT.
+fn needs_socket_check(ev: &Event, hints: Hints) -> bool {
+    ev.event == EventKind::State
+        && !hints.timewait_confirmed
+        && !hints.replayed
+        && matches!(ev.old_state, Some(TcpState::FinWait2 | TcpState::Closing))
+        && ev.new_state == Some(TcpState::Close)
+}
+
+fn tuple(ev: &Event) -> Option<Tuple> {
+    Some((ev.saddr?, ev.sport?, ev.daddr?, ev.dport?))
+}
+
+fn listener_key(ev: &Event) -> Option<ListenerKey> {
+    Some(ListenerKey {
+        netns: ev.netns,
+        family: ev.family?,
+        port: ev.sport?,
+        addr: ev.saddr?,
+    })
+}
+
+/// Upper bounds on what attribution remembers, so a long trace stays small.
+const MAX_PROCS: usize = 16384;
+const MAX_ORIGINS: usize = 65536;
+/// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); when the table is full, forget
+/// origins older than that and a margin first.
+const ORIGIN_TTL_NS: i128 = 90 * 1_000_000_000;
+/// How long a timewait socket may sit in its FIN_WAIT2 sub-state before we
+/// stop waiting for the peer's FIN: net.ipv4.tcp_fin_timeout's default.
+const FW2_WAIT_NS: i128 = 60 * 1_000_000_000;
+const MAX_FW2_PENDING: usize = 65536;
+
+/// A 4-tuple in a network namespace.
+type NsTuple = (Option<u64>, Tuple);
+
+pub struct Attributor<S, P> {
+    sockets: S,
+    processes: P,
+    proc_cache: HashMap<u32, (Option<String>, Option<ProcessInfo>)>,
+    /// Listening sockets seen during the trace.
+    listeners: Listeners,
+    /// Each socket's last state and owner.
+    chains: chain::Chains<Known>,
+    /// Who made each connection, for the sockets that outlive their owner:
+    /// TIME_WAIT and orphans have no process the kernel knows.
+    origins: HashMap<NsTuple, Known>,
+    /// Socket states fetched ahead for the batch being processed.
+    prefetched: HashMap<NsTuple, Option<TcpState>>,
+    /// Closes that left a timewait socket in its FIN_WAIT2 sub-state (an
+    /// orphan whose FIN was acked before the peer's FIN came): it becomes
+    /// TIME_WAIT when that FIN arrives. [`Attributor::poll`] re-checks them.
+    fw2_pending: HashMap<NsTuple, Event>,
+}
+
+/// What the socket table says about a FIN_WAIT2/CLOSING -> CLOSE.
+enum Closed {
+    TimeWait,
+    /// A timewait socket still waiting for the peer's FIN.
+    Fw2,
+    Gone,
+}
+
+impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
+    pub fn new(sockets: S, processes: P) -> Self {
+        Attributor {
+            sockets,
+            processes,
+            proc_cache: HashMap::new(),
+            listeners: Listeners::default(),
+            chains: chain::Chains::default(),
+            origins: HashMap::new(),
+            prefetched: HashMap::new(),
+            fw2_pending: HashMap::new(),
+        }
+    }
+
+    /// Looks up, in one batch per namespace, every socket that the TIME_WAIT
+    /// check of these messages will ask about; [`Attributor::process`] then
+    /// uses the answers instead of one round trip per event.
+    pub fn prefetch(&mut self, msgs: &[SourceMsg]) {
+        self.prefetched.clear();
+        let mut by_netns: HashMap<Option<u64>, Vec<Tuple>> = HashMap::new();
+        for m in msgs {
+            if let SourceMsg::Event(ev, hints) = m {
+                if needs_socket_check(ev, *hints) {
+                    if let Some(t) = tuple(ev) {
+                        let netns = self.netns_of(ev);
+                        by_netns.entry(netns).or_default().push(t);
+                    }
+                }
+            }
+        }
+        for (netns, tuples) in by_netns {
+            let states = self.sockets.tcp_states(netns, &tuples);
+            self.prefetched
+                .extend(tuples.into_iter().map(|t| (netns, t)).zip(states));
+        }
+    }
+
+    /// Re-checks closes that were waiting in the FIN_WAIT2 sub-state; returns
+    /// a timewait event (timed `now`) for each that has reached TIME_WAIT.
+    /// `final_check`: the trace ends, so forget the ones still waiting.
+    pub fn poll(&mut self, now: i128, final_check: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.fw2_pending.is_empty() {
+            return out;
+        }
+        let mut by_netns: HashMap<Option<u64>, Vec<Tuple>> = HashMap::new();
+        for (netns, t) in self.fw2_pending.keys() {
+            by_netns.entry(*netns).or_default().push(*t);
+        }
+        for (netns, tuples) in by_netns {
+            let states = self.sockets.tcp_states(netns, &tuples);
+            for (t, state) in tuples.into_iter().zip(states) {
+                let key = (netns, t);
+                let expired = self
+                    .fw2_pending
+                    .get(&key)
+                    .is_some_and(|ev| now - ev.time > FW2_WAIT_NS);
+                match state {
+                    Some(TcpState::TimeWait) => {
+                        if let Some(ev) = self.fw2_pending.remove(&key) {
+                            let tw = Event {
+                                event: EventKind::Timewait,
+                                new_state: Some(TcpState::TimeWait),
+                                time: now.max(ev.time),
+                                // Seen now, not when the kernel stamped the close.
+                                boot_ns: 0,
+                                ..ev
+                            };
+                            self.remember_origin(&tw);
+                            out.push(tw);
+                        }
+                    }
+                    Some(TcpState::FinWait2) if !final_check && !expired => {}
+                    _ => {
+                        self.fw2_pending.remove(&key);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether [`Attributor::poll`] has anything to re-check.
+    pub fn has_pending(&self) -> bool {
+        !self.fw2_pending.is_empty()
+    }
+
+    /// One message in, zero or more answers out.
+    pub fn process(&mut self, msg: SourceMsg) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.process_into(msg, &mut out);
+        out
+    }
+
+    /// [`Attributor::process`] appending to `out`, so that a caller can
+    /// reuse one buffer instead of allocating per event.
+    pub fn process_into(&mut self, msg: SourceMsg, out: &mut Vec<Event>) {
+        match msg {
+            SourceMsg::Lost {
+                time,
+                count,
+                reason,
+            } => out.push(Event::lost(time, count, reason)),
+            SourceMsg::Event(ev, hints) => self.event(ev, hints, out),
+        }
+    }
+
+    /// What /proc says about the event's process, read once per process.
+    fn info(&mut self, ev: &Event) -> Option<&ProcessInfo> {
+        let pid = ev.pid?;
+        // A pid can be reused: the cached entry is valid only for the same comm.
+        let fresh = match self.proc_cache.get(&pid) {
+            Some((comm, _)) => comm != &ev.comm,
+            None => true,
+        };
+        if fresh {
+            if self.proc_cache.len() >= MAX_PROCS {
+                self.proc_cache.clear();
+            }
+            let info = self.processes.lookup(pid);
+            self.proc_cache.insert(pid, (ev.comm.clone(), info));
+        }
+        self.proc_cache
+            .get(&pid)
+            .and_then(|(_, info)| info.as_ref())
+    }
+
+    /// The socket's namespace: from the kernel when it could read it, else
+    /// the owner's as /proc shows it.
+    fn netns_of(&mut self, ev: &Event) -> Option<u64> {
+        if ev.netns.is_some() {
+            return ev.netns;
+        }
+        self.info(ev).and_then(|i| i.netns)
+    }
+
+    fn enrich(&mut self, ev: &mut Event) {
+        if self.info(ev).is_some() {
+            if let Some((_, Some(info))) = ev.pid.and_then(|p| self.proc_cache.get(&p)) {
+                ev.cmdline.clone_from(&info.cmdline);
+                ev.cgroup.clone_from(&info.cgroup);
+                if ev.netns.is_none() {
+                    ev.netns = info.netns;
+                }
+            }
+        }
+        if ev.cgroup.is_none() {
+            if let Some(id) = ev.cgroup_id {
+                ev.cgroup = self.processes.cgroup_path(id);
+            }
+        }
+    }
+
+    /// Gives `ev` the owner `k` remembered, or none at all.
+    fn set_owner(ev: &mut Event, k: Option<&Known>) {
+        match k {
+            Some(k) if k.pid.is_some() => {
+                ev.pid = k.pid;
+                ev.tid = k.tid;
+                ev.uid = k.uid;
+                ev.comm.clone_from(&k.comm);
+                ev.attribution = Attribution::Remembered;
+            }
+            _ => {
+                ev.pid = None;
+                ev.tid = None;
+                ev.uid = None;
+                ev.comm = None;
+                ev.cgroup_id = None;
+                ev.attribution = Attribution::Unknown;
+            }
+        }
+    }
+
+    /// Follows the socket's chain of states: reports transitions that went
+    /// missing as inferred losses (pushed to `out` before the event), and
+    /// corrects the owner the kernel remembered where the chain shows it
+    /// belongs to another socket, or where this run knows better (an
+    /// accepted child takes its listener's owner).
+    fn follow_chain(&mut self, ev: &mut Event, hints: Hints, out: &mut Vec<Event>) {
+        let (Some(sock), Some(old), Some(new)) = (ev.sock, ev.old_state, ev.new_state) else {
+            return;
+        };
+        let birth = chain::is_birth(old, new);
+        let (verdict, remembered) = self.chains.step(sock, old, new);
+        // Only the pid is compared; the owner is cloned only to fill in an
+        // event the kernel could not attribute.
+        let kept_pid = remembered.map(|k| k.pid);
+        let new_life = matches!(verdict, chain::Verdict::NewLife { .. });
+        let fill = match remembered {
+            Some(k) if ev.attribution != Attribution::Current && ev.pid.is_none() => {
+                Some(k.clone())
+            }
+            _ => None,
+        };
+        let mut missing = verdict.missing();
+        // The kernel saw a chain break this run did not (its earlier events
+        // were filtered out, say): at least one transition is missing.
+        if hints.stale_owner && missing == 0 {
+            missing = 1;
+        }
+        if missing > 0 {
+            let mut lost = Event::lost(ev.time, missing, LostReason::Inferred);
+            lost.sock = ev.sock;
+            lost.netns = ev.netns;
+            out.push(lost);
+        }
+        if ev.attribution != Attribution::Current {
+            if birth && old == TcpState::Listen {
+                // An accepted child: its listener's owner, or nobody.
+                match listener_key(ev)
+                    .as_ref()
+                    .map(|k| self.listeners.of_child(k))
+                {
+                    Some(ChildOwner::Known(k)) => {
+                        let k = k.clone();
+                        Self::set_owner(ev, Some(&k));
+                    }
+                    Some(ChildOwner::Ambiguous) => Self::set_owner(ev, None),
+                    _ if hints.ambiguous_listener => Self::set_owner(ev, None),
+                    _ => {}
+                }
+            } else if new_life {
+                Self::set_owner(ev, None);
+            } else if fill.is_some() {
+                Self::set_owner(ev, fill.as_ref());
+            }
+        }
+        if new == TcpState::Close {
+            self.chains.close(sock);
+        } else if kept_pid != Some(ev.pid) {
+            // First sight, a new life, or a new owner (a close by another
+            // process than the one that connected): remember it. An owner
+            // already remembered was moved on by `step` without a copy.
+            self.chains.set(sock, new, Known::of(ev));
+        }
+    }
+
+    fn event(&mut self, mut ev: Event, hints: Hints, out: &mut Vec<Event>) {
+        if ev.netns.is_none() {
+            // Without the kernel's BTF: the owner's namespace, from /proc.
+            ev.netns = self.netns_of(&ev);
+        }
+        if matches!(ev.event, EventKind::State | EventKind::Listen) {
+            self.follow_chain(&mut ev, hints, out);
+        }
+        self.enrich(&mut ev);
+        if hints.replayed {
+            // Already attributed once: keep the tables up to date, derive
+            // nothing again.
+            self.learn(&ev);
+            out.push(ev);
+            return;
+        }
+        match ev.event {
+            EventKind::Listen => {
+                self.learn(&ev);
+                out.push(ev);
+            }
+            EventKind::State => {
+                self.learn(&ev);
+                let closing = matches!(ev.old_state, Some(TcpState::FinWait2 | TcpState::Closing))
+                    && ev.new_state == Some(TcpState::Close);
+                if !closing {
+                    out.push(ev);
+                    return;
+                }
+                match self.closed(&ev, hints) {
+                    Closed::TimeWait => {
+                        let tw = Event {
+                            event: EventKind::Timewait,
+                            new_state: Some(TcpState::TimeWait),
+                            ..ev.clone()
+                        };
+                        self.remember_origin(&tw);
+                        out.push(ev);
+                        out.push(tw);
+                    }
+                    Closed::Fw2 => {
+                        if let Some(t) = tuple(&ev) {
+                            if self.fw2_pending.len() >= MAX_FW2_PENDING {
+                                self.fw2_pending.clear();
+                            }
+                            self.fw2_pending.insert((ev.netns, t), ev.clone());
+                        }
+                        out.push(ev);
+                    }
+                    Closed::Gone => out.push(ev),
+                }
+            }
+            EventKind::Bind => {
+                if ev.errno_value() == Some(errno::EADDRINUSE) {
+                    ev.holder = self.holder(&ev);
+                }
+                out.push(ev);
+            }
+            _ => out.push(ev),
+        }
+    }
+
+    /// Updates listeners and connection origins from a transition.
+    fn learn(&mut self, ev: &Event) {
+        let (old, new) = (ev.old_state, ev.new_state);
+        if ev.event == EventKind::Listen {
+            if let Some(key) = listener_key(ev) {
+                self.listeners.listen(key, Known::of(ev));
+            }
+            return;
+        }
+        if ev.event != EventKind::State {
+            return;
+        }
+        if old == Some(TcpState::Listen) && new == Some(TcpState::Close) {
+            if let Some(key) = listener_key(ev) {
+                self.listeners.close(&key);
+            }
+        }
+        if new == Some(TcpState::Established) {
+            self.remember_origin(ev);
+        } else if let Some(t) = tuple(ev) {
+            // Events arrive in order, so this is the state the socket was in
+            // when any later event (a bind) happened.
+            if let Some(k) = self.origins.get_mut(&(ev.netns, t)) {
+                k.state = new;
+            }
+        }
+    }
+
+    /// FIN_WAIT2/CLOSING -> CLOSE is TIME_WAIT only if the kernel swapped in a
+    /// timewait socket; resets and orphan timeouts look the same on the
+    /// tracepoint. A kernel hook says so directly; otherwise ask the live
+    /// socket table, where the timewait socket is already hashed by now. An
+    /// orphan whose FIN was acked before the peer's FIN came is hashed in the
+    /// FIN_WAIT2 sub-state (tcp_time_wait(sk, TCP_FIN_WAIT2)) and turns
+    /// TIME_WAIT only when that FIN arrives, which no hook reports.
+    fn closed(&mut self, ev: &Event, hints: Hints) -> Closed {
+        if hints.timewait_confirmed {
+            return Closed::TimeWait;
+        }
+        let Some(t) = tuple(ev) else {
+            return Closed::Gone;
+        };
+        let state = match self.prefetched.remove(&(ev.netns, t)) {
+            Some(state) => state,
+            None => self.sockets.tcp_state(ev.netns, t.0, t.1, t.2, t.3),
+        };
+        match state {
+            Some(TcpState::TimeWait) => Closed::TimeWait,
+            Some(TcpState::FinWait2) => Closed::Fw2,
+            _ => Closed::Gone,
+        }
+    }
+
+    fn remember_origin(&mut self, ev: &Event) {
+        let Some(t) = tuple(ev) else {
+            return;
+        };
+        if ev.pid.is_none() {
+            return;
+        }
+        if self.origins.len() >= MAX_ORIGINS {
+            let cutoff = ev.time - ORIGIN_TTL_NS;
+            self.origins.retain(|_, k| k.time >= cutoff);
+            if self.origins.len() >= MAX_ORIGINS {
+                self.origins.clear();
+            }
+        }
+        self.origins.insert((ev.netns, t), Known::of(ev));
+    }
+}

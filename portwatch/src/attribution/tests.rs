@@ -1,0 +1,384 @@
+//! Attribution from recorded events, with fake sockets and processes.
+
+use super::*;
+use crate::model::Attribution;
+use std::collections::HashMap as Map;
+
+#[derive(Default)]
+struct FakeSockets {
+    states: Map<Tuple, TcpState>,
+    ports: Map<u16, Vec<PortSocket>>,
+    lookups: usize,
+}
+
+impl SocketProbe for FakeSockets {
+    fn tcp_state(
+        &mut self,
+        _: Option<u64>,
+        sa: IpAddr,
+        sp: u16,
+        da: IpAddr,
+        dp: u16,
+    ) -> Option<TcpState> {
+        self.lookups += 1;
+        self.states.get(&(sa, sp, da, dp)).copied()
+    }
+    fn on_port(&mut self, _: Option<u64>, port: u16) -> Result<Vec<PortSocket>, String> {
+        Ok(self.ports.get(&port).cloned().unwrap_or_default())
+    }
+}
+
+struct FakeProcs(usize);
+
+impl ProcessLookup for FakeProcs {
+    fn lookup(&mut self, pid: u32) -> Option<ProcessInfo> {
+        self.0 += 1;
+        Some(ProcessInfo {
+            cmdline: Some(format!("/usr/bin/app --id {pid}")),
+            cgroup: Some("/system.slice/app.service".into()),
+            netns: None,
+        })
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+fn state(pid: u32, old: TcpState, new: TcpState, sport: u16, dport: u16) -> Event {
+    let mut ev = Event::new(1_000, EventKind::State);
+    ev.pid = Some(pid);
+    ev.comm = Some(format!("app{pid}"));
+    ev.family = Some(Family::Ipv4);
+    ev.saddr = Some(ip("10.0.0.1"));
+    ev.daddr = Some(ip("10.0.0.2"));
+    ev.sport = Some(sport);
+    ev.dport = Some(dport);
+    ev.old_state = Some(old);
+    ev.new_state = Some(new);
+    ev.attribution = Attribution::Remembered;
+    ev
+}
+
+fn msg(ev: Event) -> SourceMsg {
+    SourceMsg::Event(ev, Hints::default())
+}
+
+#[test]
+fn fin_wait2_to_close_counts_only_when_the_socket_table_confirms() {
+    let mut sockets = FakeSockets::default();
+    sockets.states.insert(
+        (ip("10.0.0.1"), 40001, ip("10.0.0.2"), 80),
+        TcpState::TimeWait,
+    );
+    let mut a = Attributor::new(sockets, FakeProcs(0));
+    let out = a.process(msg(state(
+        7,
+        TcpState::FinWait2,
+        TcpState::Close,
+        40001,
+        80,
+    )));
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].event, EventKind::Timewait);
+    assert_eq!(out[1].new_state, Some(TcpState::TimeWait));
+    assert_eq!(out[1].pid, Some(7));
+    // The same transition after a reset: no timewait socket, so no entry.
+    let out = a.process(msg(state(
+        7,
+        TcpState::FinWait2,
+        TcpState::Close,
+        40002,
+        80,
+    )));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].event, EventKind::State);
+}
+
+#[test]
+fn a_prefetched_batch_is_confirmed_without_a_lookup_per_event() {
+    let mut sockets = FakeSockets::default();
+    sockets.states.insert(
+        (ip("10.0.0.1"), 40001, ip("10.0.0.2"), 80),
+        TcpState::TimeWait,
+    );
+    let mut a = Attributor::new(sockets, FakeProcs(0));
+    let batch = vec![
+        msg(state(7, TcpState::FinWait2, TcpState::Close, 40001, 80)),
+        msg(state(7, TcpState::FinWait2, TcpState::Close, 40002, 80)),
+        msg(state(
+            7,
+            TcpState::Established,
+            TcpState::FinWait1,
+            40003,
+            80,
+        )),
+    ];
+    a.prefetch(&batch);
+    assert_eq!(a.sockets.lookups, 2, "only the two closes need the table");
+    let out: Vec<Event> = batch.into_iter().flat_map(|m| a.process(m)).collect();
+    assert_eq!(a.sockets.lookups, 2, "answers come from the prefetch");
+    let tw: Vec<&Event> = out
+        .iter()
+        .filter(|e| e.event == EventKind::Timewait)
+        .collect();
+    assert_eq!(tw.len(), 1);
+    assert_eq!(tw[0].sport, Some(40001));
+}
+
+#[test]
+fn a_kernel_confirmation_needs_no_lookup() {
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0));
+    let out = a.process(SourceMsg::Event(
+        state(9, TcpState::Closing, TcpState::Close, 40003, 443),
+        Hints {
+            timewait_confirmed: true,
+            ..Hints::default()
+        },
+    ));
+    assert_eq!(
+        out.iter()
+            .filter(|e| e.event == EventKind::Timewait)
+            .count(),
+        1
+    );
+    assert_eq!(a.sockets.lookups, 0);
+    // Other transitions never produce timewait.
+    let out = a.process(msg(state(
+        9,
+        TcpState::Established,
+        TcpState::FinWait1,
+        1,
+        2,
+    )));
+    assert_eq!(out.len(), 1);
+    assert_eq!(a.sockets.lookups, 0);
+}
+
+fn failed_bind(pid: u32, port: u16) -> Event {
+    let mut ev = Event::new(2_000, EventKind::Bind);
+    ev.pid = Some(pid);
+    ev.comm = Some("sqlservr".into());
+    ev.family = Some(Family::Ipv4);
+    ev.saddr = Some(ip("0.0.0.0"));
+    ev.sport = Some(port);
+    ev.set_ret(-98);
+    ev
+}
+
+#[test]
+fn eaddrinuse_names_the_listener_holding_the_port() {
+    let mut sockets = FakeSockets::default();
+    sockets.ports.insert(
+        1433,
+        vec![
+            PortSocket {
+                protocol: Protocol::Udp,
+                state: None,
+                saddr: ip("0.0.0.0"),
+                sport: 1433,
+                daddr: ip("0.0.0.0"),
+                dport: 0,
+                pid: Some(300),
+                comm: Some("dns".into()),
+                v6only: false,
+            },
+            PortSocket {
+                protocol: Protocol::Tcp,
+                state: Some(TcpState::Listen),
+                saddr: ip("0.0.0.0"),
+                sport: 1433,
+                daddr: ip("0.0.0.0"),
+                dport: 0,
+                pid: Some(200),
+                comm: Some("squatter".into()),
+                v6only: false,
+            },
+        ],
+    );
+    let mut a = Attributor::new(sockets, FakeProcs(0));
+    let out = a.process(msg(failed_bind(100, 1433)));
+    let h = out[0].holder.as_ref().expect("holder");
+    assert_eq!(h.pid, Some(200));
+    assert_eq!(h.comm.as_deref(), Some("squatter"));
+    assert_eq!(h.state, Some(TcpState::Listen));
+    assert_eq!(h.protocol, Some(Protocol::Tcp));
+}
+
+#[test]
+fn a_timewait_remnant_is_charged_to_the_process_that_created_it() {
+    let mut sockets = FakeSockets::default();
+    let tuple = (ip("10.0.0.1"), 5000, ip("10.0.0.2"), 80);
+    sockets.states.insert(tuple, TcpState::TimeWait);
+    sockets.ports.insert(
+        5000,
+        vec![PortSocket {
+            protocol: Protocol::Tcp,
+            state: Some(TcpState::TimeWait),
+            saddr: tuple.0,
+            sport: 5000,
+            daddr: tuple.2,
+            dport: 80,
+            pid: None,
+            comm: None,
+            v6only: false,
+        }],
+    );
+    let mut a = Attributor::new(sockets, FakeProcs(0));
+    a.process(msg(state(
+        55,
+        TcpState::FinWait2,
+        TcpState::Close,
+        5000,
+        80,
+    )));
+    let out = a.process(msg(failed_bind(66, 5000)));
+    let h = out[0].holder.as_ref().expect("holder");
+    assert_eq!(h.state, Some(TcpState::TimeWait));
+    assert_eq!(h.pid, Some(55));
+    assert_eq!(h.comm.as_deref(), Some("app55"));
+}
+
+#[test]
+fn a_remnant_of_a_connection_seen_established_names_its_maker() {
+    // The bind's holder lookup can run after the holder's connection
+    // closed, before its timewait event: the established one names it.
+    let mut sockets = FakeSockets::default();
+    sockets.ports.insert(
+        1433,
+        vec![PortSocket {
+            protocol: Protocol::Tcp,
+            state: Some(TcpState::TimeWait),
+            saddr: ip("10.0.0.1"),
+            sport: 1433,
+            daddr: ip("10.0.0.2"),
+            dport: 8080,
+            pid: None,
+            comm: None,
+            v6only: false,
+        }],
+    );
+    let mut a = Attributor::new(sockets, FakeProcs(0));
+    a.process(msg(state(
+        31,
+        TcpState::SynSent,
+        TcpState::Established,
+        1433,
+        8080,
+    )));
+    let out = a.process(msg(failed_bind(32, 1433)));
+    let h = out[0].holder.as_ref().expect("holder");
+    // It held the port ESTABLISHED when the bind failed, whatever the
+    // snapshot taken a moment later says.
+    assert_eq!((h.pid, h.state), (Some(31), Some(TcpState::Established)));
+    let fin = state(31, TcpState::Established, TcpState::FinWait1, 1433, 8080);
+    a.process(msg(fin));
+    let out = a.process(msg(failed_bind(32, 1433)));
+    let h = out[0].holder.as_ref().expect("holder");
+    assert_eq!(h.state, Some(TcpState::FinWait1));
+}
+
+#[test]
+fn a_listener_seen_by_the_trace_is_the_holder_when_the_table_has_none() {
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0));
+    let mut listen = state(77, TcpState::Close, TcpState::Listen, 8080, 0);
+    listen.event = EventKind::Listen;
+    a.process(msg(listen));
+    let out = a.process(msg(failed_bind(88, 8080)));
+    assert_eq!(out[0].holder.as_ref().and_then(|h| h.pid), Some(77));
+    // Once it stops listening, it holds nothing.
+    a.process(msg(state(77, TcpState::Listen, TcpState::Close, 8080, 0)));
+    let out = a.process(msg(failed_bind(88, 8080)));
+    assert_eq!(out[0].holder, None);
+}
+
+#[test]
+fn other_failures_get_no_holder() {
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0));
+    let mut ev = failed_bind(1, 80);
+    ev.set_ret(-13);
+    let out = a.process(msg(ev));
+    assert_eq!(out[0].errno.as_deref(), Some("EACCES"));
+    assert_eq!(out[0].holder, None);
+}
+
+#[test]
+fn process_details_are_cached_per_pid_and_refreshed_on_reuse() {
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0));
+    for _ in 0..3 {
+        let out = a.process(msg(state(5, TcpState::Close, TcpState::SynSent, 0, 80)));
+        assert_eq!(out[0].cmdline.as_deref(), Some("/usr/bin/app --id 5"));
+        assert_eq!(out[0].cgroup.as_deref(), Some("/system.slice/app.service"));
+    }
+    assert_eq!(a.processes.0, 1);
+    let mut reused = state(5, TcpState::Close, TcpState::SynSent, 0, 80);
+    reused.comm = Some("other".into());
+    a.process(msg(reused));
+    assert_eq!(a.processes.0, 2);
+}
+
+#[test]
+fn lost_messages_become_lost_events() {
+    let mut a = Attributor::new(Offline, Offline);
+    let out = a.process(SourceMsg::Lost {
+        time: 5,
+        count: 12,
+        reason: LostReason::Recursion,
+    });
+    assert_eq!(out, vec![Event::lost(5, 12, LostReason::Recursion)]);
+}
+
+/// A socket table holding one 4-tuple in a settable state.
+struct OneSocket(Option<TcpState>);
+
+impl SocketProbe for OneSocket {
+    fn tcp_state(
+        &mut self,
+        _: Option<u64>,
+        _: IpAddr,
+        _: u16,
+        _: IpAddr,
+        _: u16,
+    ) -> Option<TcpState> {
+        self.0
+    }
+    fn on_port(&mut self, _: Option<u64>, _: u16) -> Result<Vec<PortSocket>, String> {
+        Ok(Vec::new())
+    }
+}
+
+fn fin_wait2_close() -> SourceMsg {
+    let mut ev = state(42, TcpState::FinWait2, TcpState::Close, 23080, 50000);
+    ev.time = 1_000;
+    msg(ev)
+}
+
+#[test]
+fn orphan_fin_wait2_becomes_timewait_when_the_peer_fin_arrives() {
+    let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+    let out = a.process(fin_wait2_close());
+    assert_eq!(out.len(), 1, "no TIME_WAIT yet: {out:?}");
+    assert!(a.has_pending());
+    assert!(a.poll(2_000, false).is_empty());
+    a.sockets.0 = Some(TcpState::TimeWait);
+    let tw = a.poll(3_000, false);
+    assert_eq!(tw.len(), 1);
+    assert_eq!(tw[0].event, EventKind::Timewait);
+    assert_eq!(tw[0].pid, Some(42));
+    assert_eq!(tw[0].time, 3_000);
+    assert!(!a.has_pending());
+}
+
+#[test]
+fn orphan_fin_wait2_that_times_out_is_not_timewait() {
+    let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+    a.process(fin_wait2_close());
+    a.sockets.0 = None;
+    assert!(a.poll(2_000, false).is_empty());
+    assert!(!a.has_pending());
+
+    let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+    a.process(fin_wait2_close());
+    assert!(a.poll(2_000, true).is_empty(), "the final check forgets it");
+    assert!(!a.has_pending());
+}

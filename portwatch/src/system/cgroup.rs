@@ -1,0 +1,170 @@
+//! cgroups: a process's cgroup path, the path of a cgroup id the kernel
+//! reported (for processes gone by the time their event is read), and the
+//! systemd unit or container a path belongs to.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+/// cgroup v2 ids (the inode of the cgroup's directory) to paths, rebuilt
+/// when an unknown id turns up, at most once a second.
+#[derive(Clone, Default)]
+pub struct CgroupIndex {
+    paths: HashMap<u64, String>,
+    scanned: Option<Instant>,
+}
+
+impl CgroupIndex {
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.paths.get(&id) {
+            return Some(p.clone());
+        }
+        if self
+            .scanned
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.scanned = Some(Instant::now());
+        self.paths.clear();
+        let root = cgroup2_mount()?;
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                let rel = dir
+                    .strip_prefix(&root)
+                    .map_or_else(|_| "/".to_owned(), |r| format!("/{}", r.display()));
+                self.paths.insert(meta.ino(), rel);
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        self.paths.get(&id).cloned()
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
+/// /sys/fs/cgroup/unified on hybrid systems).
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))
+            .flatten()
+    })
+}
+
+/// The unified (v2) path, else the systemd or first v1 path.
+pub fn cgroup_path(proc_cgroup: &str) -> Option<String> {
+    let mut fallback = None;
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if id == "0" && ctrl.is_empty() {
+            return Some(path.to_owned());
+        }
+        if ctrl == "name=systemd" || fallback.is_none() {
+            fallback = Some(path.to_owned());
+        }
+    }
+    fallback
+}
+
+/// The systemd unit or container a cgroup path belongs to: the innermost
+/// `*.service`/`*.scope` component, or a container id under docker, podman
+/// (libpod) or kubepods.
+pub fn unit_from_cgroup(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, p) in parts.iter().enumerate().rev() {
+        for prefix in ["docker-", "libpod-", "cri-containerd-", "crio-"] {
+            if let Some(id) = p
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(".scope"))
+            {
+                let short: String = id.chars().take(12).collect();
+                return Some(format!("container {short}"));
+            }
+        }
+        if i > 0 && parts[i - 1] == "docker" && p.chars().count() >= 12 {
+            // By characters: a cgroup name is anyone's to choose, multi-byte ones included.
+            let short: String = p.chars().take(12).collect();
+            return Some(format!("container {short}"));
+        }
+        if p.ends_with(".service") || p.ends_with(".scope") {
+            return Some((*p).to_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefers_the_unified_cgroup_path() {
+        let s = "12:pids:/user.slice\n1:name=systemd:/system.slice/mssql.service\n0::/system.slice/mssql.service\n";
+        assert_eq!(
+            cgroup_path(s).as_deref(),
+            Some("/system.slice/mssql.service")
+        );
+        let v1 = "3:cpu:/a\n1:name=systemd:/system.slice/x.service\n";
+        assert_eq!(cgroup_path(v1).as_deref(), Some("/system.slice/x.service"));
+        assert_eq!(cgroup_path(""), None);
+    }
+
+    #[test]
+    fn names_units_and_containers() {
+        assert_eq!(
+            unit_from_cgroup("/system.slice/mssql-server.service").as_deref(),
+            Some("mssql-server.service")
+        );
+        assert_eq!(
+            unit_from_cgroup("/system.slice/docker-0123456789abcdef0123.scope").as_deref(),
+            Some("container 0123456789ab")
+        );
+        assert_eq!(
+            unit_from_cgroup("/docker/fedcba9876543210aa").as_deref(),
+            Some("container fedcba987654")
+        );
+        assert_eq!(
+            unit_from_cgroup("/user.slice/user-1000.slice/session-3.scope").as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(unit_from_cgroup("/"), None);
+        // A multi-byte character across byte 12 is not a panic.
+        assert_eq!(
+            unit_from_cgroup("/docker/ééééééééééééé").as_deref(),
+            Some("container éééééééééééé")
+        );
+    }
+
+    #[test]
+    fn maps_a_cgroup_id_back_to_its_path() {
+        let Some(root) = cgroup2_mount() else {
+            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|s| cgroup_path(&s))
+            .expect("own cgroup");
+        let dir = root.join(own.trim_start_matches('/'));
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            eprintln!("SKIPPED: own cgroup {own} is not under {}", root.display());
+            return;
+        };
+        let mut index = CgroupIndex::default();
+        assert_eq!(index.path(meta.ino()).as_deref(), Some(own.as_str()));
+        assert_eq!(index.path(u64::MAX), None);
+    }
+}

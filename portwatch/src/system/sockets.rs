@@ -1,0 +1,167 @@
+//! sock_diag in the network namespace of each event's socket, so that
+//! TIME_WAIT confirmation and port holders are looked up where the socket
+//! lives (a container's own table), never in portwatch's by mistake.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+
+use super::netns::Netns;
+use super::owners_of;
+use crate::attribution::{PortSocket, SocketProbe, Tuple};
+use crate::model::{Protocol, TcpState};
+use crate::sockdiag::{Proto, SockDiag};
+
+/// Netlink sockets kept open in other namespaces, least recently used
+/// recycled first: one fd each.
+const MAX_DIAGS: usize = 64;
+
+/// sock_diag per namespace. If no netlink socket can be opened, TIME_WAIT
+/// confirmation and holder lookups report nothing rather than guess.
+pub struct LiveSockets {
+    own: Option<SockDiag>,
+    others: LruCache<u64, SockDiag>,
+    netns: Netns,
+    /// Kinds of failure already warned about: each is said once.
+    warned: HashSet<&'static str>,
+}
+
+impl LiveSockets {
+    pub fn new(netns: Netns) -> Self {
+        let own = match SockDiag::new() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                log::warn!("sock_diag unavailable ({e}); TIME_WAIT confirmation and port holders will be missing");
+                None
+            }
+        };
+        LiveSockets {
+            own,
+            others: LruCache::new(NonZeroUsize::new(MAX_DIAGS).unwrap_or(NonZeroUsize::MIN)),
+            netns,
+            warned: HashSet::new(),
+        }
+    }
+
+    fn warn_once(&mut self, kind: &'static str, msg: std::fmt::Arguments<'_>) {
+        if self.warned.insert(kind) {
+            log::warn!("{msg} (said once; later failures of this kind are at debug level)");
+        } else {
+            log::debug!("{msg}");
+        }
+    }
+
+    /// The sock_diag socket for namespace `netns`. None (and why) when
+    /// that namespace cannot be entered: no live process is left in it, or
+    /// entering it is not permitted.
+    fn diag(&mut self, netns: Option<u64>) -> Result<&mut SockDiag, String> {
+        let ino = match netns {
+            Some(ino) if Some(ino) != self.netns.own() => ino,
+            // Portwatch's own namespace, or (without kernel BTF and /proc
+            // details) the best there is.
+            _ => {
+                return self
+                    .own
+                    .as_mut()
+                    .ok_or_else(|| "sock_diag is unavailable".to_owned())
+            }
+        };
+        if !self.others.contains(&ino) {
+            let Some(fd) = self.netns.get(ino) else {
+                let why = format!("no live process left in network namespace {ino} to look in");
+                self.warn_once("netns-gone", format_args!("{why}"));
+                return Err(why);
+            };
+            match SockDiag::in_netns(fd) {
+                Ok(d) => {
+                    self.others.put(ino, d);
+                }
+                Err(e) => {
+                    let why = format!("cannot enter network namespace {ino}: {e}");
+                    self.warn_once("netns-enter", format_args!("{why}"));
+                    return Err(why);
+                }
+            }
+        }
+        self.others
+            .get_mut(&ino)
+            .ok_or_else(|| format!("network namespace {ino} vanished"))
+    }
+}
+
+impl SocketProbe for LiveSockets {
+    fn tcp_state(
+        &mut self,
+        netns: Option<u64>,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+    ) -> Option<TcpState> {
+        let result = self
+            .diag(netns)
+            .ok()?
+            .tcp_lookup(saddr, sport, daddr, dport);
+        match result {
+            Ok(found) => found.and_then(|s| TcpState::from_kernel(s.state)),
+            Err(e) => {
+                self.warn_once("lookup", format_args!("sock_diag lookup failed: {e}"));
+                None
+            }
+        }
+    }
+
+    fn tcp_states(&mut self, netns: Option<u64>, tuples: &[Tuple]) -> Vec<Option<TcpState>> {
+        let result = match self.diag(netns) {
+            Ok(diag) => diag.tcp_lookup_many(tuples),
+            Err(_) => return vec![None; tuples.len()],
+        };
+        match result {
+            Ok(found) => found
+                .into_iter()
+                .map(|e| e.and_then(|s| TcpState::from_kernel(s.state)))
+                .collect(),
+            Err(e) => {
+                self.warn_once("lookup", format_args!("sock_diag lookups failed: {e}"));
+                vec![None; tuples.len()]
+            }
+        }
+    }
+
+    fn on_port(&mut self, netns: Option<u64>, port: u16) -> Result<Vec<PortSocket>, String> {
+        let entries = match self.diag(netns)?.sockets_on_port(port) {
+            Ok(e) => e,
+            Err(e) => {
+                let why = format!("sock_diag dump failed: {e}");
+                self.warn_once("dump", format_args!("{why}"));
+                return Err(why);
+            }
+        };
+        let owners = owners_of(&entries);
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let owner = owners.get(&e.inode).and_then(|v| v.first());
+                PortSocket {
+                    protocol: match e.proto {
+                        Proto::Tcp => Protocol::Tcp,
+                        Proto::Udp => Protocol::Udp,
+                    },
+                    state: match e.proto {
+                        Proto::Tcp => TcpState::from_kernel(e.state),
+                        Proto::Udp => None,
+                    },
+                    saddr: e.saddr,
+                    sport: e.sport,
+                    daddr: e.daddr,
+                    dport: e.dport,
+                    pid: owner.map(|o| o.pid),
+                    comm: owner.map(|o| o.comm.clone()),
+                    v6only: e.ipv6_only,
+                }
+            })
+            .collect())
+    }
+}
