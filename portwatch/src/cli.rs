@@ -315,6 +315,11 @@ pub struct TraceArgs {
     /// for the lost-event accounting).
     #[arg(long, hide = true, value_name = "MS")]
     pub stall_reader_ms: Option<u64>,
+
+    /// Hold the reader back until this file exists (testing aid: processes
+    /// then exit before their events are read).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub stall_reader_until: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -326,7 +331,12 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
             "duration must be a positive number of seconds, not {s}"
         ));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| {
+        format!(
+            "duration {s} is too large; give at most {} seconds",
+            u64::MAX
+        )
+    })
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {

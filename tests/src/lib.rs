@@ -95,6 +95,15 @@ impl Run {
         })
     }
 
+    /// Every value of `KEY=VALUE` tokens the workload printed, in order
+    /// (several may share a line).
+    pub fn vars(&self, key: &str) -> Vec<u64> {
+        self.workload
+            .split_whitespace()
+            .filter_map(|tok| tok.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .collect()
+    }
+
     pub fn ss_timewait_count(&self) -> usize {
         self.ss_timewait
             .lines()
@@ -104,8 +113,9 @@ impl Run {
 }
 
 /// A traced run in a fresh network namespace: `setup` (shell) runs first,
-/// then portwatch starts with `trace_args` and, once it has said
-/// `portwatch: attached`, the Python `workload` runs; then portwatch gets
+/// then portwatch starts with `trace_args` (where `$D` stands for the run's
+/// scratch directory, also `$D` in the workload's environment) and, once it
+/// has said `portwatch: attached`, the Python `workload` runs; then portwatch gets
 /// SIGINT and prints its summary.
 ///
 /// A run whose summary reports lost events cannot give exact answers, so it
@@ -133,9 +143,10 @@ pub fn traced_run_once(setup: &str, trace_args: &[&str], workload_py: &str) -> R
     let dir = tempfile::tempdir().context("temp dir")?;
     let d = dir.path();
     std::fs::write(d.join("workload.py"), workload_py)?;
+    // `$D` in an argument is the run's scratch directory.
     let args = trace_args
         .iter()
-        .map(|a| format!("'{a}'"))
+        .map(|a| format!("'{}'", a.replace("$D", &d.to_string_lossy())))
         .collect::<Vec<_>>()
         .join(" ");
     let script = format!(
@@ -153,7 +164,7 @@ done
 if ! grep -q '^portwatch: attached' "$D/trace.err"; then
   echo "portwatch did not attach:" >&2; cat "$D/trace.err" >&2; kill $pw 2>/dev/null; exit 97
 fi
-python3 "$D/workload.py" >"$D/workload.out" 2>&1 || {{ echo "workload failed:" >&2; cat "$D/workload.out" >&2; kill $pw; exit 98; }}
+timeout 300 python3 "$D/workload.py" >"$D/workload.out" 2>&1 || {{ echo "workload failed:" >&2; cat "$D/workload.out" >&2; kill $pw; exit 98; }}
 ss -tanH state time-wait >"$D/ss_tw.txt"
 sleep 0.3
 kill -INT $pw

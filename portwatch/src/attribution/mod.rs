@@ -392,12 +392,15 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         };
         let birth = chain::is_birth(old, new);
         let (verdict, remembered) = self.chains.step(sock, old, new);
-        // Only the pid is compared; the owner is cloned only to fill in an
-        // event the kernel could not attribute.
+        // The chain's owner (learnt in process context this run) wins over
+        // one the kernel remembered; only the pid is compared, and the owner
+        // cloned only where the two differ.
         let kept_pid = remembered.map(|k| k.pid);
         let new_life = matches!(verdict, chain::Verdict::NewLife { .. });
         let fill = match remembered {
-            Some(k) if ev.attribution != Attribution::Current && ev.pid.is_none() => {
+            Some(k)
+                if ev.attribution != Attribution::Current && k.pid.is_some() && k.pid != ev.pid =>
+            {
                 Some(k.clone())
             }
             _ => None,

@@ -382,3 +382,148 @@ fn orphan_fin_wait2_that_times_out_is_not_timewait() {
     assert!(a.poll(2_000, true).is_empty(), "the final check forgets it");
     assert!(!a.has_pending());
 }
+
+/// A state event of socket `sock` in namespace 7, as the kernel reported it.
+fn sock_state(
+    sock: u64,
+    pid: u32,
+    attribution: Attribution,
+    old: TcpState,
+    new: TcpState,
+    (sport, dport): (u16, u16),
+) -> Event {
+    let mut ev = state(pid, old, new, sport, dport);
+    ev.sock = Some(crate::model::SockId(sock));
+    ev.netns = Some(7);
+    ev.attribution = attribution;
+    ev
+}
+
+/// The 6.1 guest's failure, replayed: a client socket's FIN_WAIT1 ->
+/// FIN_WAIT2 and FIN_WAIT2 -> CLOSE never arrived (the kernel skipped them
+/// without counting), its memory went to an accepted child, and the kernel
+/// read the client's stale owner back for it.
+#[test]
+fn a_child_reusing_a_socket_whose_close_went_missing_takes_its_listener() {
+    use crate::model::LostReason;
+    use Attribution::{Current, Remembered};
+    use TcpState::*;
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0));
+    let mut listen = sock_state(1, 10, Current, Close, Listen, (8080, 0));
+    listen.event = EventKind::Listen;
+    listen.daddr = Some(ip("0.0.0.0"));
+    listen.saddr = Some(ip("0.0.0.0"));
+    a.process(msg(listen));
+    let client = [
+        (Current, Close, SynSent, (0, 8080)),
+        (Remembered, SynSent, Established, (40001, 8080)),
+        (Current, Established, FinWait1, (40001, 8080)),
+    ];
+    for (attr, old, new, ports) in client {
+        let out = a.process(msg(sock_state(2, 20, attr, old, new, ports)));
+        assert!(out.iter().all(|e| e.event != EventKind::Lost), "{out:?}");
+    }
+    // The child, at the client's old address, with the client's stale owner.
+    let out = a.process(msg(sock_state(
+        2,
+        20,
+        Remembered,
+        Listen,
+        SynRecv,
+        (8080, 40002),
+    )));
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(out[0].event, EventKind::Lost);
+    assert_eq!(out[0].lost_reason, Some(LostReason::Inferred));
+    assert_eq!(out[0].lost, Some(1), "the client's CLOSE, at least");
+    assert_eq!(out[1].pid, Some(10), "the listener's: {:?}", out[1]);
+    assert_eq!(out[1].comm.as_deref(), Some("app10"));
+    // Its next transitions stay the listener's, whatever the kernel kept.
+    let out = a.process(msg(sock_state(
+        2,
+        20,
+        Remembered,
+        SynRecv,
+        Established,
+        (8080, 40002),
+    )));
+    assert_eq!(out.len(), 1, "no gap: {out:#?}");
+    assert_eq!(out[0].pid, Some(10));
+}
+
+/// A transition whose socket's earlier life the chain knows, but that
+/// cannot follow it (its own birth was lost too): nobody, not the old owner.
+#[test]
+fn a_new_life_whose_birth_was_lost_is_unattributed_and_counted() {
+    use Attribution::{Current, Remembered};
+    use TcpState::*;
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0));
+    a.process(msg(sock_state(
+        3,
+        30,
+        Current,
+        Established,
+        FinWait1,
+        (1, 2),
+    )));
+    let out = a.process(msg(sock_state(
+        3,
+        30,
+        Remembered,
+        SynRecv,
+        Established,
+        (5, 6),
+    )));
+    assert_eq!(out[0].event, EventKind::Lost);
+    assert_eq!(out[0].lost, Some(2), "the old close and the new birth");
+    assert_eq!(out[1].pid, None);
+    assert_eq!(out[1].attribution, Attribution::Unknown);
+    // A gap within one life keeps the owner and counts what is missing.
+    let out = a.process(msg(sock_state(
+        4,
+        40,
+        Current,
+        Established,
+        FinWait1,
+        (1, 2),
+    )));
+    assert_eq!(out.len(), 1);
+    let mut unowned = sock_state(4, 0, Attribution::Unknown, FinWait2, Close, (1, 2));
+    unowned.pid = None;
+    unowned.comm = None;
+    let out = a.process(msg(unowned));
+    assert_eq!(out[0].lost, Some(1));
+    assert_eq!(out[1].pid, Some(40), "filled from the chain: {:?}", out[1]);
+}
+
+/// Two namespaces listen on the same port: each child takes its own
+/// namespace's listener, and two processes on one key name neither.
+#[test]
+fn listeners_are_told_apart_by_namespace_and_reuseport_is_ambiguous() {
+    use Attribution::{Current, Remembered};
+    use TcpState::*;
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0));
+    for (sock, pid, ns) in [(10, 100, 1), (11, 110, 2)] {
+        let mut l = sock_state(sock, pid, Current, Close, Listen, (7000, 0));
+        l.event = EventKind::Listen;
+        l.netns = Some(ns);
+        l.saddr = Some(ip("0.0.0.0"));
+        a.process(msg(l));
+    }
+    for (sock, ns, want) in [(20, 1, 100), (21, 2, 110)] {
+        let mut child = sock_state(sock, 999, Remembered, Listen, SynRecv, (7000, 5000));
+        child.netns = Some(ns);
+        let out = a.process(msg(child));
+        assert_eq!(out[0].pid, Some(want), "netns {ns}: {:?}", out[0]);
+    }
+    // A second process on namespace 1's key (SO_REUSEPORT).
+    let mut l = sock_state(12, 120, Current, Close, Listen, (7000, 0));
+    l.event = EventKind::Listen;
+    l.netns = Some(1);
+    l.saddr = Some(ip("0.0.0.0"));
+    a.process(msg(l));
+    let mut child = sock_state(22, 999, Remembered, Listen, SynRecv, (7000, 5001));
+    child.netns = Some(1);
+    let out = a.process(msg(child));
+    assert_eq!(out[0].pid, None, "{:?}", out[0]);
+}

@@ -41,7 +41,10 @@ impl Stop {
     /// Resolves when it is time to stop; cancel-safe, for `select!` loops.
     pub async fn wait(&mut self) {
         if self.deadline.is_none() {
-            self.deadline = self.duration.map(|d| tokio::time::Instant::now() + d);
+            // A duration past what the clock can hold means: no deadline.
+            self.deadline = self
+                .duration
+                .and_then(|d| tokio::time::Instant::now().checked_add(d));
         }
         let deadline = async {
             match self.deadline {

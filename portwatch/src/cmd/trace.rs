@@ -92,6 +92,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         ports: args.ports.clone(),
         ring_bytes: args.ring_bytes,
         stall_reader: args.stall_reader_ms.map(std::time::Duration::from_millis),
+        stall_until: args.stall_reader_until.clone(),
         lost_poll: std::time::Duration::from_millis(250),
         ..CollectorConfig::default()
     };

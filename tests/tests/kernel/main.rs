@@ -4,5 +4,6 @@
 
 mod doctor;
 mod history;
+mod netns;
 mod trace;
 mod who;

@@ -63,6 +63,9 @@ pub struct CollectorConfig {
     /// Test-only: how long the reader waits before it first drains the ring,
     /// to exercise overflow accounting.
     pub stall_reader: Option<Duration>,
+    /// Test-only: the reader waits until this file exists before it first
+    /// drains, so that processes can exit before their events are read.
+    pub stall_until: Option<std::path::PathBuf>,
     /// How often the per-CPU lost counter is read.
     pub lost_poll: Duration,
     /// How often the reader drains the ring without being woken (zero: the
@@ -181,7 +184,10 @@ impl LinuxCollector {
             Losses { ring: lost, progs },
             tx,
             stop_rx,
-            cfg.stall_reader,
+            Stall {
+                time: cfg.stall_reader,
+                until: cfg.stall_until.clone(),
+            },
             if cfg.lost_poll.is_zero() {
                 Duration::from_millis(500)
             } else {
@@ -215,6 +221,12 @@ impl LinuxCollector {
             None => Ok(()),
         }
     }
+}
+
+/// Test-only delays of the reader's first drain.
+struct Stall {
+    time: Option<Duration>,
+    until: Option<std::path::PathBuf>,
 }
 
 /// Where the kernel counts events it could not deliver.
@@ -279,15 +291,20 @@ async fn read_loop(
     losses: Losses,
     tx: mpsc::Sender<Batch>,
     mut stop: watch::Receiver<bool>,
-    stall: Option<Duration>,
+    stall: Stall,
     lost_poll: Duration,
     drain_every: Duration,
 ) -> Result<(), CollectorError> {
     let mut decoder = Decoder::new(Clock::new());
     let mut seen = (0u64, 0u64);
     let mut decode_errors = 0u64;
-    if let Some(d) = stall {
+    if let Some(d) = stall.time {
         tokio::time::sleep(d).await;
+    }
+    if let Some(path) = &stall.until {
+        while !path.exists() && !*stop.borrow() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let mut tick = tokio::time::interval(lost_poll);
     let mut drain_tick = tokio::time::interval(drain_every);
