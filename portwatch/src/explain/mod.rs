@@ -8,6 +8,7 @@
 //! same table read the other way, for trace and history: the messages each
 //! runtime raises for a failed bind() or connect().
 
+pub mod checks;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -463,6 +464,12 @@ impl Values {
             .replace("{endpoint_unbracketed}", &self.endpoint(false))
             .replace("{endpoint}", &self.endpoint(true))
             .replace(
+                "{the_port}",
+                &self
+                    .port
+                    .map_or("the port".to_owned(), |p| format!("port {p}")),
+            )
+            .replace(
                 "{port}",
                 &self.port.map_or("PORT".to_owned(), |p| p.to_string()),
             )
@@ -498,6 +505,8 @@ pub struct Explanation {
     /// not tell them apart.
     pub other_side: Option<Side>,
     pub condition: Option<Condition>,
+    /// What happened in the kernel if `other_side` failed.
+    pub other_condition: Option<Condition>,
     pub port: Option<u16>,
     pub address: Option<String>,
     /// The kernel cause, in one sentence.
@@ -563,6 +572,7 @@ pub fn explain(r: &Recognised) -> Explanation {
         side: r.sides.first().copied(),
         other_side: r.sides.get(1).copied(),
         condition: conditions.first().copied(),
+        other_condition: conditions.get(1).copied(),
         port: r.understood.port,
         address: r.understood.address.clone(),
         cause: summary(conditions.first()),
@@ -593,6 +603,7 @@ pub fn not_recognised(text: &str, u: Understood) -> Explanation {
         side: None,
         other_side: None,
         condition: None,
+        other_condition: None,
         port: u.port,
         address: u.address,
         cause: None,
@@ -613,7 +624,7 @@ fn on_this_platform(p: Platform) -> bool {
 /// The runtimes [`runtime_messages`] names, in this order, at most
 /// [`HINT_RUNTIMES`] of them so that the hint stays one line.
 pub const HINT_ORDER: &[&str] = &["Java", "Python", "Go", "Node.js", ".NET", ".NET / Win32"];
-pub const HINT_RUNTIMES: usize = 5;
+pub const HINT_RUNTIMES: usize = 4;
 
 /// The messages common runtimes raise for a bind() or connect() that failed
 /// with `errno` (a Linux name such as `EADDRNOTAVAIL`), one per runtime, as

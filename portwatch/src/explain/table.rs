@@ -10,7 +10,8 @@
 //! Templates in `cause`, `fixes` and `raises` may use `{port}`, `{addr}`
 //! and `{endpoint}` (`addr:port`, IPv6 in brackets) and
 //! `{endpoint_unbracketed}`; unknown values print as `PORT`, `ADDRESS`,
-//! `ADDRESS:PORT`.
+//! `ADDRESS:PORT`, for commands. Prose uses `{the_port}`: `port 1433`, or
+//! `the port` when the message names none.
 
 use super::{Condition, Error, Platform, Side};
 
@@ -62,10 +63,10 @@ pub const ENTRIES: &[Entry] = &[
         pattern: r"(?i)Server TCP provider failed to listen on \[ *'?(?P<addr>[^'\s\]]*)'? *<ipv[46]> *(?P<port>\d{1,5}) *\]\. *Tcp port is already in use|TDSSNIClient initialization failed with error 0x2740|Error: 17182\b",
         error: AddrInUse,
         sides: &[Bind],
-        cause: "SQL Server could not listen on {port}: another socket held it when the service started. At boot that is often not another server but a client that was handed {port} as the ephemeral (local) port of an outgoing connection, which is only possible when the dynamic port range includes {port}.",
+        cause: "SQL Server could not listen on {the_port}: another socket held it when the service started. At boot that is often not another server but a client that was handed {the_port} as the ephemeral (local) port of an outgoing connection, which is only possible when the dynamic port range includes {the_port}.",
         misleading: Some("\"Tcp port is already in use\" suggests a second SQL Server; the holder is just as often an ordinary outgoing connection that happened to get the port, and gone by the time anyone looks."),
         fixes: &[
-            "Windows: netsh int ipv4 add excludedportrange protocol=tcp startport={port} numberofports=1 store=persistent  (run while {port} is free, e.g. with SQL Server stopped; Windows then never hands it out as a dynamic port)",
+            "Windows: netsh int ipv4 add excludedportrange protocol=tcp startport={port} numberofports=1 store=persistent  (run while {the_port} is free, e.g. with SQL Server stopped; Windows then never hands it out as a dynamic port)",
             "Linux: portwatch reserve {port} --persist",
             "find out who took it at boot: portwatch install-service, and after the next failure portwatch history --port {port} --boot 0 --first",
         ],
@@ -145,7 +146,7 @@ pub const ENTRIES: &[Entry] = &[
         pattern: r"java\.net\.BindException: Address already in use(?: \(Bind failed\)|: (?:bind|JVM_Bind|NET_Bind))?",
         error: AddrInUse,
         sides: &[Bind],
-        cause: "Java's bind() of {port} failed with EADDRINUSE. On Linux the JDK sets SO_REUSEADDR on every ServerSocket, so a TIME_WAIT remnant cannot be the cause: a live socket (another instance, another service, or a client's ephemeral port) holds {port}.",
+        cause: "Java's bind() of {the_port} failed with EADDRINUSE. On Linux the JDK sets SO_REUSEADDR on every ServerSocket, so a TIME_WAIT remnant cannot be the cause: a live socket (another instance, another service, or a client's ephemeral port) holds {the_port}.",
         misleading: None,
         fixes: &[
             "stop the other holder or move one of the two to another port (server.port / the connector's port)",
@@ -225,7 +226,7 @@ pub const ENTRIES: &[Entry] = &[
         pattern: r"\[Errno 98\] Address already in use",
         error: AddrInUse,
         sides: &[Bind],
-        cause: "Python's bind() failed with EADDRINUSE. Python's socket module does not set SO_REUSEADDR, so right after a restart this is usually a TIME_WAIT remnant of the previous run's connections on {port}, which SO_REUSEADDR set before bind() would have allowed; otherwise a live socket holds {port}.",
+        cause: "Python's bind() failed with EADDRINUSE. Python's socket module does not set SO_REUSEADDR, so right after a restart this is usually a TIME_WAIT remnant of the previous run's connections on {the_port}, which SO_REUSEADDR set before bind() would have allowed; otherwise a live socket holds {the_port}.",
         misleading: Some("It looks like another server holds the port, yet nothing may be listening: `ss -tan` shows only TIME_WAIT rows, which vanish within 60 s."),
         fixes: &[REUSEADDR_PYTHON],
         raises: Some("[Errno 98] Address already in use"),
@@ -269,7 +270,7 @@ pub const ENTRIES: &[Entry] = &[
         pattern: r"listen (?:tcp|tcp4|tcp6) \[?(?P<addr>[0-9A-Fa-f:.]*?)\]?:(?P<port>\d{1,5}): bind: address already in use",
         error: AddrInUse,
         sides: &[Bind],
-        cause: "Go's net.Listen could not bind {port} (EADDRINUSE). Go sets SO_REUSEADDR on listeners, so TIME_WAIT is not the cause: a live socket holds the port.",
+        cause: "Go's net.Listen could not bind {the_port} (EADDRINUSE). Go sets SO_REUSEADDR on listeners, so TIME_WAIT is not the cause: a live socket holds the port.",
         misleading: None,
         fixes: &["stop the other holder or listen on another port"],
         raises: Some("listen tcp {endpoint}: bind: address already in use"),
@@ -284,7 +285,7 @@ pub const ENTRIES: &[Entry] = &[
         pattern: r"listen (?:tcp|tcp4|tcp6) \[?(?P<addr>[0-9A-Fa-f:.]*?)\]?:(?P<port>\d{1,5}): bind: Only one usage of each socket address",
         error: AddrInUse,
         sides: &[Bind],
-        cause: "Go's net.Listen could not bind {port} on Windows (WSAEADDRINUSE): another socket holds it.",
+        cause: "Go's net.Listen could not bind {the_port} on Windows (WSAEADDRINUSE): another socket holds it.",
         misleading: None,
         fixes: &["stop the other holder or listen on another port"],
         raises: Some("listen tcp {endpoint}: bind: Only one usage of each socket address (protocol/network address/port) is normally permitted."),
@@ -342,7 +343,7 @@ pub const ENTRIES: &[Entry] = &[
         pattern: r"listen EADDRINUSE(?:: address already in use)? (?P<addr>\S*?):(?P<port>\d{1,5})\b",
         error: AddrInUse,
         sides: &[Bind],
-        cause: "Node's server.listen() could not bind {port} (EADDRINUSE). libuv sets SO_REUSEADDR, so TIME_WAIT is not the cause: a live socket holds the port (often a previous `node`/nodemon process still running).",
+        cause: "Node's server.listen() could not bind {the_port} (EADDRINUSE). libuv sets SO_REUSEADDR, so TIME_WAIT is not the cause: a live socket holds the port (often a previous `node`/nodemon process still running).",
         misleading: None,
         fixes: &["stop the previous process (portwatch who {port} names it) or listen on another port (process.env.PORT)"],
         raises: Some("listen EADDRINUSE: address already in use {endpoint_unbracketed}"),
@@ -452,7 +453,7 @@ pub const ENTRIES: &[Entry] = &[
         pattern: r#"connection to server at "[^"]*"(?: \((?P<addr>[^)]*)\))?, port (?P<port>\d{1,5}) failed: Cannot assign requested address"#,
         error: AddrNotAvail,
         sides: &[Connect],
-        cause: "the client's connect() to PostgreSQL on port {port} failed with EADDRNOTAVAIL: this client machine had no ephemeral port left towards the server.",
+        cause: "the client's connect() to PostgreSQL on {the_port} failed with EADDRNOTAVAIL: this client machine had no ephemeral port left towards the server.",
         misleading: Some("The server is reachable; the client opened and closed too many connections."),
         fixes: &["pool connections: pgbouncer, or your driver's pool (HikariCP, SQLAlchemy's pool, pgx pool) instead of a connection per query"],
         raises: None,
@@ -559,6 +560,8 @@ pub struct ConditionInfo {
     pub summary: &'static str,
     pub fixes_linux: &'static [&'static str],
     pub fixes_windows: &'static [&'static str],
+    /// What to look at on a Windows machine: (what it shows, command).
+    pub look_windows: &'static [(&'static str, &'static str)],
     pub myths: &'static [&'static str],
 }
 
@@ -566,18 +569,31 @@ const MYTH_FIN_TIMEOUT: &str = "net.ipv4.tcp_fin_timeout does not shorten TIME_W
 const MYTH_TW_RECYCLE: &str = "net.ipv4.tcp_tw_recycle is gone: it broke clients behind NAT and was removed in Linux 4.12; guides that set it are out of date";
 const MYTH_RESERVE: &str = "reserving a port (ip_local_reserved_ports, excludedportrange) does not stop a program from binding it explicitly; it only keeps the kernel from handing it out as an ephemeral port";
 
+/// Fixes that what the machine shows can settle: `cmd::explain` drops the
+/// first once it has looked at the holders, and replaces the second by the
+/// exact command (or drops it when the port lies outside the range).
+pub const FIX_FIND_HOLDER: &str = "find the holder: portwatch who {port} (LISTEN: another instance or service; a connected row: a client that was handed {port} as its ephemeral port; TIME_WAIT only: set SO_REUSEADDR before bind())";
+/// What a listener needs when only TIME_WAIT remnants hold its port.
+pub const FIX_REUSEADDR: &str = "set SO_REUSEADDR on the listening socket before bind() (C: setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one)): TIME_WAIT remnants of earlier connections then no longer block it";
+pub const FIX_RESERVE: &str = "portwatch reserve {port} --persist  (if {the_port} lies in the ephemeral range: no client can be handed it again)";
+
 pub const CONDITIONS: &[ConditionInfo] = &[
     ConditionInfo {
         condition: Condition::PortHeld,
-        summary: "bind() failed with EADDRINUSE on the server side: another socket already holds {port} on that address: a listener, a socket bound to it, an outgoing connection that was handed {port} as its ephemeral port, or a TIME_WAIT remnant when the new socket did not set SO_REUSEADDR before bind()",
+        summary: "bind() failed with EADDRINUSE on the server side: another socket already holds {the_port} on that address: a listener, a socket bound to it, an outgoing connection that was handed {the_port} as its ephemeral port, or a TIME_WAIT remnant when the new socket did not set SO_REUSEADDR before bind()",
         fixes_linux: &[
-            "find the holder: portwatch who {port} (LISTEN: another instance or service; a connected row with local port {port}: a client that was handed it as its ephemeral port; TIME_WAIT only: set SO_REUSEADDR before bind())",
-            "portwatch reserve {port} --persist  (if {port} lies in the ephemeral range: no client can take it again)",
+            FIX_FIND_HOLDER,
+            FIX_RESERVE,
             "catch the next one in the act: portwatch trace --port {port} --errors, or install the recorder (portwatch install-service) and ask portwatch history --port {port} --boot 0 --first",
         ],
         fixes_windows: &[
             "find the holder: netstat -ano -p tcp | findstr :{port}  (the last column is the PID; tasklist /fi \"PID eq N\" names it)",
-            "netsh int ipv4 add excludedportrange protocol=tcp startport={port} numberofports=1 store=persistent  (if {port} lies in the dynamic range; run while the port is free)",
+            "netsh int ipv4 add excludedportrange protocol=tcp startport={port} numberofports=1 store=persistent  (if {the_port} lies in the dynamic range; run while it is free)",
+        ],
+        look_windows: &[
+            ("the sockets on {the_port} and their PIDs", "netstat -ano -p tcp | findstr :{port}"),
+            ("whether {the_port} lies in the dynamic range", "netsh int ipv4 show dynamicport tcp"),
+            ("whether {the_port} is excluded or reserved", "netsh int ipv4 show excludedportrange protocol=tcp"),
         ],
         myths: &[
             "SO_REUSEPORT is not the fix for a restart: it lets several live sockets of one user share a port; against a TIME_WAIT remnant SO_REUSEADDR is what the listener needs",
@@ -597,6 +613,11 @@ pub const CONDITIONS: &[ConditionInfo] = &[
             "netsh int ipv4 set dynamicport tcp start=10000 num=55536  (a wider dynamic range than the default 49152-65535; netsh int ipv4 show dynamicport tcp shows it)",
             "netsh int ipv4 add excludedportrange protocol=tcp startport=PORT numberofports=1 store=persistent  for each service port the wider range now covers",
         ],
+        look_windows: &[
+            ("the dynamic port range (default 49152-65535, 16384 ports)", "netsh int ipv4 show dynamicport tcp"),
+            ("connections towards the destination by state", "Get-NetTCPConnection -RemoteAddress {addr} -RemotePort {port} | Group-Object State"),
+            ("TIME_WAIT in all", "netstat -ano -p tcp | find /c \"TIME_WAIT\""),
+        ],
         myths: &[
             "the server is not at fault and restarting it does not help: the resource that ran out is this client's local ports",
             MYTH_FIN_TIMEOUT,
@@ -612,6 +633,7 @@ pub const CONDITIONS: &[ConditionInfo] = &[
             "a floating or virtual IP (keepalived, pacemaker): sysctl -w net.ipv4.ip_nonlocal_bind=1 (net.ipv6.ip_nonlocal_bind for IPv6)",
         ],
         fixes_windows: &["bind to 0.0.0.0 or to an address that ipconfig lists"],
+        look_windows: &[("the addresses of this machine", "ipconfig")],
         myths: &[],
     },
     ConditionInfo {
@@ -622,16 +644,21 @@ pub const CONDITIONS: &[ConditionInfo] = &[
             "connect to the server's real address: 0.0.0.0 is an address to listen on, not to connect to (use 127.0.0.1 or the host's address)",
             "check the configured host and port for an empty or zero value",
         ],
+        look_windows: &[],
         myths: &[],
     },
     ConditionInfo {
         condition: Condition::ExcludedRange,
-        summary: "bind() was refused because Windows has excluded the port ({port}) from use (a reserved range, often taken by Hyper-V, WSL2, Docker or WinNAT at boot) or another socket holds it exclusively",
+        summary: "bind() was refused because Windows has excluded {the_port} from use (a reserved range, often taken by Hyper-V, WSL2, Docker or WinNAT at boot) or another socket holds it exclusively",
         fixes_linux: &[],
         fixes_windows: &[
-            "netsh int ipv4 show excludedportrange protocol=tcp  (is {port} inside one of the ranges?)",
+            "netsh int ipv4 show excludedportrange protocol=tcp  (is {the_port} inside one of the ranges?)",
             "use a port outside the excluded ranges, or reserve yours before WinNAT takes it: net stop winnat, then netsh int ipv4 add excludedportrange protocol=tcp startport={port} numberofports=1 store=persistent, then net start winnat",
         ],
+        look_windows: &[(
+            "whether {the_port} lies in an excluded range",
+            "netsh int ipv4 show excludedportrange protocol=tcp",
+        )],
         myths: &[MYTH_RESERVE],
     },
 ];

@@ -323,12 +323,12 @@ fn templates_render_known_and_unknown_values() {
         addr: Some("::1".into()),
     };
     assert_eq!(
-        v.render("{endpoint} {endpoint_unbracketed} {port} {addr}"),
-        "[::1]:1433 ::1:1433 1433 ::1"
+        v.render("{endpoint} {endpoint_unbracketed} {port} {addr} {the_port}"),
+        "[::1]:1433 ::1:1433 1433 ::1 port 1433"
     );
     assert_eq!(
-        Values::default().render("reserve {port} at {endpoint}"),
-        "reserve PORT at ADDRESS:PORT"
+        Values::default().render("reserve {port} at {endpoint}, {the_port}"),
+        "reserve PORT at ADDRESS:PORT, the port"
     );
 }
 
