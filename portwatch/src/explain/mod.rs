@@ -220,7 +220,11 @@ static_regex!(
     ipv4_endpoint,
     r"\b(?P<addr>\d{1,3}(?:\.\d{1,3}){3}):(?P<port>\d{1,5})\b"
 );
-static_regex!(python_tuple, r"\('(?P<addr>[^']*)', (?P<port>\d{1,5})\b");
+// Python's repr of an address, or a traceback's source line: ('h', 80), ("h", 80).
+static_regex!(
+    python_tuple,
+    r#"\(['"](?P<addr>[^'"]*)['"], (?P<port>\d{1,5})\b"#
+);
 static_regex!(
     named_endpoint,
     r"(?i)\b(?P<addr>localhost|\*):(?P<port>\d{1,5})\b"

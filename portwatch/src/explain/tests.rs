@@ -310,6 +310,12 @@ fn unrecognised_text_says_what_was_understood() {
         (e.name.as_str(), e.windows_code, e.system),
         ("ECONNREFUSED", Some(10061), "windows")
     );
+    // A traceback's source line names the port when the code wrote it out.
+    let r = recognise("  File \"server.py\", line 4, in <module>\n    s.bind((\"0.0.0.0\", 8000))\nOSError: [Errno 98] Address already in use").expect("py");
+    assert_eq!(
+        (r.understood.address.as_deref(), r.understood.port),
+        (Some("0.0.0.0"), Some(8000))
+    );
     let u = recognise("it broke at 10:03:44 somehow").unwrap_err();
     assert_eq!(u, Understood::default());
     let x = not_recognised("\n  first line\nsecond", Understood::default());
