@@ -411,11 +411,16 @@ pub fn add_windows_checks(x: &mut Explanation) {
     };
     for cond in conditions(x) {
         for (what, command) in cond.info().map_or(&[][..], |i| i.look_windows) {
-            x.checks.push(check(
-                values.render(what),
-                Some(values.render(command)),
-                Vec::new(),
-            ));
+            let command = values.render(command);
+            // Both readings of a message can ask for the same command.
+            if !x
+                .checks
+                .iter()
+                .any(|c| c.command.as_ref() == Some(&command))
+            {
+                x.checks
+                    .push(check(values.render(what), Some(command), Vec::new()));
+            }
         }
     }
 }
@@ -688,6 +693,17 @@ mod tests {
             Some("netsh int ipv4 show excludedportrange protocol=tcp")
         );
         assert!(x.checks[0].what.contains("port 5000"));
+        // Both readings of 10048 (connect, then bind) want the dynamic range:
+        // it is listed once.
+        let mut both = explained("SocketException (10048): Only one usage of each socket address (protocol/network address/port) is normally permitted.");
+        add_windows_checks(&mut both);
+        let dynamic = both
+            .checks
+            .iter()
+            .filter(|c| c.command.as_deref() == Some("netsh int ipv4 show dynamicport tcp"))
+            .count();
+        assert_eq!(dynamic, 1, "{:#?}", both.checks);
+        assert!(both.checks.len() >= 4, "{:#?}", both.checks);
         // Nothing collected (--no-checks, or a Windows message): no checks.
         let mut y = explained("[Errno 99] Cannot assign requested address");
         assert!(add_machine(&mut y, &Machine::default()).is_empty());

@@ -68,7 +68,6 @@ pub const ENTRIES: &[Entry] = &[
         fixes: &[
             "Windows: netsh int ipv4 add excludedportrange protocol=tcp startport={port} numberofports=1 store=persistent  (run while {the_port} is free, e.g. with SQL Server stopped; Windows then never hands it out as a dynamic port)",
             "Linux: portwatch reserve {port} --persist",
-            "find out who took it at boot: portwatch install-service, and after the next failure portwatch history --port {port} --boot 0 --first",
         ],
         raises: None,
     },
@@ -584,7 +583,7 @@ pub const CONDITIONS: &[ConditionInfo] = &[
         fixes_linux: &[
             FIX_FIND_HOLDER,
             FIX_RESERVE,
-            "catch the next one in the act: portwatch trace --port {port} --errors, or install the recorder (portwatch install-service) and ask portwatch history --port {port} --boot 0 --first",
+            "catch the next one in the act: portwatch trace --port {port} --errors; for a failure at boot, install the recorder (portwatch install-service) and after the next one ask portwatch history --port {port} --boot 0 --first",
         ],
         fixes_windows: &[
             "find the holder: netstat -ano -p tcp | findstr :{port}  (the last column is the PID; tasklist /fi \"PID eq N\" names it)",
