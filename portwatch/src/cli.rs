@@ -71,6 +71,55 @@ pub enum Command {
     /// Examples: `portwatch reserve 1433`, `portwatch reserve 1433 40000-40010
     /// --persist`, `portwatch reserve 5432 --dry-run --persist`.
     Reserve(ReserveArgs),
+
+    /// Explain an application's port error: what the kernel did, why the
+    /// message misleads, what this machine shows, and how to fix it.
+    ///
+    /// Recognises the messages of Java, .NET and Winsock (10048, 10049,
+    /// 10055, 10013), Python, Go, Node.js, nginx, SQL Server (17182, "Tcp port
+    /// is already in use"), PostgreSQL, and the plain errno names and numbers
+    /// (EADDRINUSE, EADDRNOTAVAIL, 98, 99). Then looks at this machine the way
+    /// `who` and `doctor` do: the sockets on the port the message names, the
+    /// ephemeral range and reserved ports, the sockets towards the
+    /// destination, TIME_WAIT. For a message only Windows produces, it lists
+    /// the commands to run on the Windows machine instead.
+    ///
+    /// The text is the argument, or standard input when the argument is `-`
+    /// or absent and standard input is not a terminal, so a log line can be
+    /// piped in: `journalctl -u app | grep -m1 Exception | portwatch explain`.
+    ///
+    /// Exit status: 0 when the message was recognised; 1 when it was not
+    /// (what could be read from it, port, address, errno, is still printed)
+    /// or on an error; 2 on bad usage.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The error message; several words are joined with spaces. `-`, or
+    /// nothing with standard input not a terminal, reads standard input.
+    #[arg(value_name = "ERROR TEXT")]
+    pub text: Vec<String>,
+
+    /// Write one JSON object: the explanation as data, with "checks",
+    /// "findings" (doctor's) and "sockets" (who's) from this machine.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The port to look at when the message names none (a Python traceback
+    /// rarely does), or instead of the one it names.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Explain the message only; do not look at this machine (for a message
+    /// from another machine).
+    #[arg(long)]
+    pub no_checks: bool,
+
+    /// The recorder's journal, to name who created a socket that has no
+    /// owner any more. Skipped if absent.
+    #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR, hide = true)]
+    pub journal: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -415,6 +464,23 @@ mod tests {
             );
         }
         assert!(Cli::try_parse_from(["portwatch", "reserve"]).is_err());
+    }
+
+    #[test]
+    fn explain_takes_words_a_dash_or_nothing() {
+        let cli = Cli::try_parse_from(["portwatch", "explain", "[Errno", "98]", "--json"])
+            .expect("valid");
+        let Command::Explain(e) = cli.command else {
+            panic!("not explain")
+        };
+        assert_eq!(e.text, vec!["[Errno", "98]"]);
+        assert!(e.json && !e.no_checks);
+        for args in [
+            &["portwatch", "explain", "-"][..],
+            &["portwatch", "explain"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
     }
 
     #[test]

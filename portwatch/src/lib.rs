@@ -9,6 +9,8 @@ pub mod attribution;
 pub mod cli;
 pub mod cmd;
 pub mod errno;
+pub mod escape;
+pub mod explain;
 pub mod filter;
 pub mod model;
 pub mod output;

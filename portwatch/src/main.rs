@@ -22,18 +22,27 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match cli.command {
-            Command::Trace(args) => portwatch::cmd::trace::run(args).await,
-            Command::Who(args) => portwatch::cmd::who::run(args),
-            Command::Record(args) => portwatch::cmd::record::run(args).await,
-            Command::History(args) => portwatch::cmd::history::run(args),
-            Command::InstallService(args) => portwatch::cmd::install_service::run(args),
-            Command::Doctor(args) => portwatch::cmd::doctor::run(args),
-            Command::Reserve(args) => portwatch::cmd::reserve::run(args),
+            Command::Trace(args) => done(portwatch::cmd::trace::run(args).await),
+            Command::Who(args) => done(portwatch::cmd::who::run(args)),
+            Command::Record(args) => done(portwatch::cmd::record::run(args).await),
+            Command::History(args) => done(portwatch::cmd::history::run(args)),
+            Command::InstallService(args) => done(portwatch::cmd::install_service::run(args)),
+            Command::Doctor(args) => done(portwatch::cmd::doctor::run(args)),
+            Command::Reserve(args) => done(portwatch::cmd::reserve::run(args)),
+            // 1 when the message was not recognised: scripts can tell.
+            Command::Explain(args) => portwatch::cmd::explain::run(args).map(|known| {
+                if known {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("portwatch: error: {e:#}");
             ExitCode::FAILURE

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use nu_ansi_term::{Color, Style};
 
 use crate::aggregate::Summary;
+use crate::escape::visible;
+use crate::explain::{self, Side};
 use crate::model::{Event, EventKind};
 use crate::timefmt;
 
@@ -110,6 +112,18 @@ fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
     }
 }
 
+/// Under a failed bind() or connect(): the message each common runtime
+/// raises for it, from the same table `portwatch explain` reads, so that the
+/// failure can be matched with an application's log.
+fn runtime_hint(ev: &Event) -> Option<String> {
+    let (side, addr, port) = match ev.event {
+        EventKind::Bind => (Side::Bind, ev.saddr, ev.sport),
+        EventKind::Connect => (Side::Connect, ev.daddr, ev.dport),
+        _ => return None,
+    };
+    explain::runtime_messages(ev.errno.as_deref()?, side, addr, port)
+}
+
 /// The last column: states, errno and holder, or the lost count.
 fn detail(ev: &Event) -> String {
     match ev.event {
@@ -127,7 +141,7 @@ fn detail(ev: &Event) -> String {
             };
             if let Some(h) = &ev.holder {
                 let who = match (h.pid, &h.comm) {
-                    (Some(p), Some(c)) => format!("{c}[{p}]"),
+                    (Some(p), Some(c)) => format!("{}[{p}]", visible(c)),
                     (Some(p), None) => format!("pid {p}"),
                     _ => "no process".to_owned(),
                 };
@@ -169,7 +183,8 @@ impl<W: Write> Sink for TextSink<W> {
             timefmt::clock_ms(ev.time, self.offset)
         };
         let pid = ev.pid.map_or("-".to_owned(), |p| p.to_string());
-        let comm = ev.comm.clone().unwrap_or_else(|| "?".to_owned());
+        // A process names itself (prctl PR_SET_NAME): escape what it chose.
+        let comm = ev.comm.as_deref().map_or("?".into(), visible);
         let local = endpoint(ev.saddr, ev.sport);
         let remote = endpoint(ev.daddr, ev.dport);
         let ends = match ev.event {
@@ -198,7 +213,14 @@ impl<W: Write> Sink for TextSink<W> {
             self.out,
             "{time:<w$} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}",
             w = if self.dates { 23 } else { 12 }
-        )
+        )?;
+        if failed {
+            if let Some(hint) = runtime_hint(ev) {
+                let hint = self.paint(Style::new().dimmed(), &format!("  {hint}"));
+                writeln!(self.out, "{hint}")?;
+            }
+        }
+        Ok(())
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
@@ -268,5 +290,82 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Attribution;
+
+    fn failed_connect() -> Event {
+        let mut ev = Event::new(1_700_000_000_000_000_000, EventKind::Connect);
+        ev.pid = Some(3128);
+        ev.comm = Some("python3".into());
+        ev.daddr = Some(IpAddr::from([127, 0, 0, 1]));
+        ev.dport = Some(1433);
+        ev.attribution = Attribution::Current;
+        ev.set_ret(-crate::errno::EADDRNOTAVAIL);
+        ev
+    }
+
+    fn text(events: &[Event]) -> String {
+        let mut out = Vec::new();
+        {
+            let mut sink = TextSink::new(&mut out, false).with_offset(time::UtcOffset::UTC);
+            for ev in events {
+                sink.event(ev).expect("event");
+            }
+            sink.flush().expect("flush");
+        }
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn a_failed_connect_is_followed_by_the_runtimes_messages_for_it() {
+        let ok = {
+            let mut ev = failed_connect();
+            ev.set_ret(0);
+            ev
+        };
+        let t = text(&[failed_connect(), ok]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "header, failure, hint, success:\n{t}");
+        assert!(lines[1].contains("EADDRNOTAVAIL"), "{t}");
+        assert!(
+            lines[2].starts_with("  java: \"java.net.BindException: Cannot assign requested address\" · python: \"[Errno 99] Cannot assign requested address\""),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("dial tcp 127.0.0.1:1433: connect: cannot assign requested address"),
+            "{t}"
+        );
+        assert!(lines[3].ends_with("ok"), "no hint under a success: {t}");
+    }
+
+    #[test]
+    fn json_output_is_unchanged_by_the_hints() {
+        let mut out = Vec::new();
+        {
+            let mut sink = JsonSink::new(&mut out);
+            sink.event(&failed_connect()).expect("event");
+            sink.flush().expect("flush");
+        }
+        let s = String::from_utf8(out).expect("utf8");
+        assert_eq!(s.lines().count(), 1);
+        assert!(!s.contains("java"), "{s}");
+        let v: serde_json::Value = serde_json::from_str(&s).expect("json");
+        assert_eq!(v["errno"], "EADDRNOTAVAIL");
+    }
+
+    #[test]
+    fn process_names_are_escaped_in_text() {
+        let mut ev = failed_connect();
+        ev.comm = Some("x\x1b]0;owned\x07".into());
+        let t = text(&[ev]);
+        assert!(
+            !t.contains('\x1b') && t.contains(r"x\e]0;owned\x07"),
+            "{t:?}"
+        );
     }
 }

@@ -1049,8 +1049,10 @@ fn collect_caps() -> KernelCaps {
     }
 }
 
+/// The port configuration of this network namespace, as doctor checks it
+/// (also what `portwatch explain` looks at).
 #[cfg(target_os = "linux")]
-fn collect_ports() -> PortConfig {
+pub fn collect_ports() -> PortConfig {
     use crate::sockdiag::{Proto, SockDiag};
     use std::collections::HashMap;
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod doctor;
+pub mod explain;
 pub mod history;
 #[cfg(target_os = "linux")]
 pub mod install_service;

@@ -252,30 +252,34 @@ pub fn write_text(r: &WhoReport, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-pub fn run(args: WhoArgs) -> anyhow::Result<()> {
+/// The sockets on `port` right now with their owners, and for ownerless
+/// ones the creator the recorder's journal in `journal` names, if it exists.
+pub fn snapshot(port: u16, journal: &std::path::Path) -> anyhow::Result<WhoReport> {
     let mut diag = SockDiag::new().context("cannot open a sock_diag netlink socket")?;
     let entries = diag
-        .sockets_on_port(args.port)
-        .with_context(|| format!("cannot list the sockets on port {}", args.port))?;
+        .sockets_on_port(port)
+        .with_context(|| format!("cannot list the sockets on port {port}"))?;
     let owners = crate::system::owners_of(&entries);
     let privileged = crate::source::linux::capabilities().is_root();
     let mut r = report(
-        args.port,
+        port,
         entries,
         &owners,
         &mut LiveProcesses::default(),
         privileged,
     );
-    if r.sockets.iter().any(|s| s.pid.is_none()) && args.journal.is_dir() {
-        match (
-            crate::journal::read_dir(&args.journal),
-            crate::journal::boot_id(),
-        ) {
+    if r.sockets.iter().any(|s| s.pid.is_none()) && journal.is_dir() {
+        match (crate::journal::read_dir(journal), crate::journal::boot_id()) {
             (Ok(outcome), Ok(boot)) => add_creators(&mut r, &outcome.records, &boot),
-            (Err(e), _) => log::warn!("cannot read the journal in {}: {e}", args.journal.display()),
+            (Err(e), _) => log::warn!("cannot read the journal in {}: {e}", journal.display()),
             (_, Err(e)) => log::warn!("cannot read the boot id: {e}"),
         }
     }
+    Ok(r)
+}
+
+pub fn run(args: WhoArgs) -> anyhow::Result<()> {
+    let r = snapshot(args.port, &args.journal)?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if args.json {
