@@ -117,22 +117,28 @@ for _ in range({N}):
         s.close()
     os.read(r, 1)
 os.waitpid(pid, 0)
-# Wait (3 s at most) until no connection on the port is still closing: a
-# FIN that had to be retransmitted leaves a timewait socket in FIN_WAIT2
-# for about 200 ms, and ss, run next, would not count it yet.
+# Wait (10 s at most) until no connection on the port is still closing: a
+# timewait socket sits in its FIN_WAIT2 sub-state until the peer's FIN
+# arrives (a retransmitted FIN takes 200 ms or more, longer in an emulated
+# guest), and ss, run next, counts only those that reached TIME_WAIT.
 closing = {{"04", "05", "08", "09", "0B"}}
-for _ in range(60):
-    busy = False
+for _ in range(200):
+    busy = []
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in open(path).readlines()[1:]:
             f = line.split()
             ports = (f[1].rsplit(":", 1)[1], f[2].rsplit(":", 1)[1])
-            if "1F90" in ports and f[3] in closing:
-                busy = True
+            if "%04X" % 23080 in ports and f[3] in closing:
+                busy.append(f[3])
     if not busy:
         break
     time.sleep(0.05)
-time.sleep(0.2)
+print("STILL_CLOSING=%d" % len(busy), flush=True)
+# Counters that say why a timewait socket would leave early, for the
+# failure message: recycled by tw_reuse, killed by a RST, table overflow.
+import subprocess
+print(subprocess.run(["nstat", "-az", "TcpExtTW*", "TcpOutRsts", "TcpExtTCPTimeWaitOverflow"],
+                     capture_output=True, text=True).stdout, flush=True)
 "#
     );
     let run = traced_run("", &["--port", "23080"], &py)?;
@@ -145,15 +151,18 @@ time.sleep(0.2)
         tw.len(),
         run.events
     );
-    // Every connection entered TIME_WAIT, but a timewait socket can leave it
-    // early (a RST kills it while net.ipv4.tcp_rfc1337 is 0): seen now and
-    // then in the VMs, where ss then showed one fewer. So ss may show fewer
-    // than N, and each one it shows must be one portwatch reported.
+    // Once nothing on the port is still closing, every one of the N is in
+    // TIME_WAIT: ss counts exactly what portwatch reported. (An earlier
+    // version of this wait watched the wrong port, so ss ran while slow
+    // guests still had timewait sockets in their FIN_WAIT2 sub-state, and
+    // the test tolerated one fewer.)
+    ensure!(run.var("STILL_CLOSING") == Some(0), "{}", run.workload);
     ensure!(
-        run.ss_timewait_count() <= N && run.ss_timewait_count() + 1 >= N,
-        "ss shows {} TIME_WAIT sockets:\n{}",
+        run.ss_timewait_count() == N,
+        "ss shows {} TIME_WAIT sockets:\n{}\nworkload:\n{}",
         run.ss_timewait_count(),
-        run.ss_timewait
+        run.ss_timewait,
+        run.workload
     );
     for e in &tw {
         ensure!(
