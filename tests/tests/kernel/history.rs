@@ -151,3 +151,61 @@ cat "$D/h.err"
     ensure!(damaged <= 1, "{out}");
     Ok(())
 }
+
+/// The wall clock is stepped forward an hour while the recorder runs (a
+/// test hook steps only portwatch's reading of it, as NTP would the
+/// machine's): an event before the step keeps its time, an event after it
+/// has the stepped clock's time.
+#[test]
+fn a_clock_step_during_recording_moves_only_what_comes_after_it() -> Result<()> {
+    skip_unless_kernel!();
+    let script = format!(
+        r#"export PORTWATCH_TEST_CLOCK_STEP="$D/step:3600"
+{START_RECORDER}
+python3 -c 'import socket, time; s = socket.socket(); s.bind(("0.0.0.0", 24101)); s.listen(); print("BEFORE=%d" % time.time_ns())' > "$D/before"
+sleep 0.5
+touch "$D/step"
+# The recorder samples the clock every second.
+sleep 2
+python3 -c 'import socket, time; s = socket.socket(); s.bind(("0.0.0.0", 24102)); s.listen(); print("AFTER=%d" % time.time_ns())' > "$D/after"
+sleep 0.3
+kill -TERM $rec; wait $rec
+for p in 24101 24102; do "$PW" history --journal "$D/journal" --port $p --first --json > "$D/h$p"; done
+python3 - <<'PY'
+import json, os
+from datetime import datetime
+d = os.environ["D"]
+def recorded(port):
+    t = json.load(open("%s/h%d" % (d, port)))["time"]
+    whole, frac = t.rstrip("Z").split(".")
+    secs = datetime.fromisoformat(whole + "+00:00").timestamp()
+    return secs + int(frac) / 10 ** len(frac)
+real = {{}}
+for name in ("before", "after"):
+    k, v = open("%s/%s" % (d, name)).read().strip().split("=")
+    real[k] = int(v) / 1e9
+print("DELTA_BEFORE_MS=%d" % round(1000 * (recorded(24101) - real["BEFORE"]) + 10_000_000))
+print("DELTA_AFTER_MS=%d" % round(1000 * (recorded(24102) - real["AFTER"]) + 10_000_000))
+PY
+"#
+    );
+    let out = netns_script(&script, &[])?;
+    // Offset by 10,000 s so that the printed numbers are never negative.
+    let var = |k: &str| -> Result<i64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .map(|v| v - 10_000_000)
+            .with_context(|| format!("{k} in:\n{out}"))
+    };
+    let (before, after) = (var("DELTA_BEFORE_MS")?, var("DELTA_AFTER_MS")?);
+    ensure!(
+        before.abs() < 2_000,
+        "the event before the step moved by {before} ms:\n{out}"
+    );
+    ensure!(
+        (after - 3_600_000).abs() < 2_000,
+        "the event after the step should read the stepped clock (+3600 s), it is {after} ms off real time:\n{out}"
+    );
+    Ok(())
+}

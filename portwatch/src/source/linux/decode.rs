@@ -32,9 +32,9 @@ pub struct Clock {
     prev: i128,
 }
 
-/// Test hook: `AFTER_MS:STEP_S` makes this process's wall clock read
-/// STEP_S seconds later from AFTER_MS after its first read, as an NTP step
-/// would, so that tests can step a clock without touching the machine's.
+/// Test hook: `FILE:STEP_S` makes this process's wall clock read STEP_S
+/// seconds later once FILE exists, as an NTP step would, so that tests can
+/// step a clock without touching the machine's.
 pub const TEST_STEP_ENV: &str = "PORTWATCH_TEST_CLOCK_STEP";
 
 fn read_clock(id: libc::clockid_t) -> i128 {
@@ -50,18 +50,17 @@ fn read_clock(id: libc::clockid_t) -> i128 {
 /// (realtime, boottime) now, with the test step applied.
 fn sample() -> (i128, u64) {
     use std::sync::OnceLock;
-    static STEP: OnceLock<Option<(i128, i128)>> = OnceLock::new();
+    static STEP: OnceLock<Option<(std::path::PathBuf, i128)>> = OnceLock::new();
     let boot = read_clock(libc::CLOCK_BOOTTIME);
     let mut real = read_clock(libc::CLOCK_REALTIME);
     let step = STEP.get_or_init(|| {
         let v = std::env::var(TEST_STEP_ENV).ok()?;
-        let (after, secs) = v.split_once(':')?;
-        let after: i128 = after.parse().ok()?;
+        let (file, secs) = v.rsplit_once(':')?;
         let secs: i128 = secs.parse().ok()?;
-        Some((boot + after * 1_000_000, secs * 1_000_000_000))
+        Some((file.into(), secs * 1_000_000_000))
     });
-    if let Some((at, by)) = *step {
-        if boot >= at {
+    if let Some((file, by)) = step {
+        if file.exists() {
             real += by;
         }
     }
