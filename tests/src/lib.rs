@@ -104,6 +104,31 @@ impl Run {
             .collect()
     }
 
+    /// Appends this run's lost events by reason (ring buffer, recursion,
+    /// inferred) to `$PORTWATCH_LOSS_LOG`, when set: the VM matrix reports
+    /// what each kernel lost.
+    pub fn log_losses(&self) {
+        let (Some(path), Some(s)) = (std::env::var_os("PORTWATCH_LOSS_LOG"), self.summary()) else {
+            return;
+        };
+        let by = &s["lost_by_reason"];
+        let n = |k: &str| by[k].as_u64().unwrap_or(0);
+        let line = format!(
+            "{} {} {}\n",
+            n("ring_buffer"),
+            n("recursion"),
+            n("inferred")
+        );
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
     pub fn ss_timewait_count(&self) -> usize {
         self.ss_timewait
             .lines()
@@ -128,6 +153,7 @@ pub fn traced_run(setup: &str, trace_args: &[&str], workload_py: &str) -> Result
     let mut tries = 1;
     loop {
         let run = traced_run_once(setup, trace_args, workload_py)?;
+        run.log_losses();
         let lost = run.summary().and_then(|s| s["lost"].as_u64()).unwrap_or(0);
         if lost == 0 || tries == 3 {
             return Ok(run);
