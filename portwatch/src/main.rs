@@ -24,12 +24,20 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => portwatch::cmd::trace::run(args).await,
+            #[cfg(not(windows))]
             Command::Who(args) => portwatch::cmd::who::run(args),
+            #[cfg(not(windows))]
             Command::Record(args) => portwatch::cmd::record::run(args).await,
+            #[cfg(not(windows))]
             Command::History(args) => portwatch::cmd::history::run(args),
+            #[cfg(not(windows))]
             Command::InstallService(args) => portwatch::cmd::install_service::run(args),
+            #[cfg(not(windows))]
             Command::Doctor(args) => portwatch::cmd::doctor::run(args),
+            #[cfg(not(windows))]
             Command::Reserve(args) => portwatch::cmd::reserve::run(args),
+            #[cfg(windows)]
+            other => portwatch::windows::cmd::run(other),
         }
     });
     match result {
