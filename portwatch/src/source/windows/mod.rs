@@ -126,6 +126,44 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// The events portwatch decodes: the session filters each provider to
+    /// these (EVENT_FILTER_TYPE_EVENT_ID), so that Kernel-Network's
+    /// per-packet send/receive events and AFD's per-call data events, which
+    /// share their keywords and level with the ones wanted, never leave the
+    /// kernel.
+    pub fn event_ids(self) -> &'static [u16] {
+        match self {
+            Provider::Tcpip => &[
+                tcpip::ACCEPT_COMPLETE,
+                tcpip::CONNECT_COMPLETE,
+                tcpip::CONNECT_FAILURE,
+                tcpip::CLOSE_REQUEST,
+                tcpip::ABORT_REQUEST,
+                tcpip::ABORT_COMPLETE,
+                tcpip::DISCONNECT_COMPLETE,
+                tcpip::CONNECT_FAILED_PORT_ACQUIRE,
+                tcpip::TCB_STATE_CHANGE,
+                tcpip::ENDPOINT_ACQUIRE_PORT_RESERVATION,
+                tcpip::ENDPOINT_FAILED_PORT_RESERVATION,
+                tcpip::GLOBAL_PORT_RESERVATION,
+                tcpip::GLOBAL_PARAMETERS,
+                tcpip::LISTENER_BIND_FAILED_PORT,
+                tcpip::CONNECTION_RUNDOWN,
+            ],
+            Provider::KernelNetwork => &[
+                network::KN_CONNECT_V4,
+                network::KN_DISCONNECT_V4,
+                network::KN_ACCEPT_V4,
+                network::KN_CONNECT_V6,
+                network::KN_DISCONNECT_V6,
+                network::KN_ACCEPT_V6,
+            ],
+            Provider::WinsockAfd => &[network::AFD_BIND_WITH_ADDRESS],
+        }
+    }
+}
+
 /// One ETW event as the collector hands it to the decoders.
 #[derive(Clone, Copy, Debug)]
 pub struct RawEvent<'a> {
@@ -324,6 +362,29 @@ mod tests {
                     .collect::<String>()
             );
             assert_eq!(text, p.guid());
+        }
+    }
+
+    #[test]
+    fn the_session_filter_admits_exactly_the_decoded_events() {
+        for p in Provider::ALL {
+            let ids = p.event_ids();
+            // EVENT_FILTER_EVENT_ID takes at most 64 ids.
+            assert!(!ids.is_empty() && ids.len() <= 64);
+            for id in 0..2000u16 {
+                let raw = RawEvent {
+                    provider: p,
+                    id,
+                    version: 0,
+                    pointer: PointerSize::Eight,
+                    time: 0,
+                    header_pid: 0,
+                    data: &[],
+                };
+                // Decoded ids fail on an empty payload; the others are ignored.
+                let decoded = decode(&raw) != Ok(Decoded::Ignored);
+                assert_eq!(decoded, ids.contains(&id), "{p:?} event {id}");
+            }
         }
     }
 

@@ -22,11 +22,12 @@ use windows_sys::Win32::Foundation::{
 };
 use windows_sys::Win32::System::Diagnostics::Etw::{
     CloseTrace, ControlTraceW, EnableTraceEx2, OpenTraceW, ProcessTrace, StartTraceW,
-    CONTROLTRACE_HANDLE, EVENT_CONTROL_CODE_CAPTURE_STATE, EVENT_CONTROL_CODE_ENABLE_PROVIDER,
-    EVENT_HEADER_FLAG_32_BIT_HEADER, EVENT_RECORD, EVENT_TRACE_CONTROL_QUERY,
-    EVENT_TRACE_CONTROL_STOP, EVENT_TRACE_LOGFILEW, EVENT_TRACE_PROPERTIES,
-    EVENT_TRACE_REAL_TIME_MODE, PROCESSTRACE_HANDLE, PROCESS_TRACE_MODE_EVENT_RECORD,
-    PROCESS_TRACE_MODE_REAL_TIME, WNODE_FLAG_TRACED_GUID,
+    CONTROLTRACE_HANDLE, ENABLE_TRACE_PARAMETERS, ENABLE_TRACE_PARAMETERS_VERSION_2,
+    EVENT_CONTROL_CODE_CAPTURE_STATE, EVENT_CONTROL_CODE_ENABLE_PROVIDER, EVENT_FILTER_DESCRIPTOR,
+    EVENT_FILTER_TYPE_EVENT_ID, EVENT_HEADER_FLAG_32_BIT_HEADER, EVENT_RECORD,
+    EVENT_TRACE_CONTROL_QUERY, EVENT_TRACE_CONTROL_STOP, EVENT_TRACE_LOGFILEW,
+    EVENT_TRACE_PROPERTIES, EVENT_TRACE_REAL_TIME_MODE, PROCESSTRACE_HANDLE,
+    PROCESS_TRACE_MODE_EVENT_RECORD, PROCESS_TRACE_MODE_REAL_TIME, WNODE_FLAG_TRACED_GUID,
 };
 
 use super::payload::filetime_to_unix_ns;
@@ -166,20 +167,12 @@ impl Session {
         Ok(session)
     }
 
+    /// Enables `p` for its events only (an event-id filter, Windows 8.1
+    /// and later); where the filter is refused, without it.
     fn enable(&self, p: Provider, code: u32) -> Result<(), SessionError> {
-        let g = guid(p);
-        // SAFETY: valid session handle and GUID; no enable parameters.
-        let rc = unsafe {
-            EnableTraceEx2(
-                self.handle,
-                &g,
-                code,
-                4, // TRACE_LEVEL_INFORMATION
-                p.keywords(),
-                0,
-                0,
-                std::ptr::null(),
-            )
+        let rc = match self.enable_with(p, code, true) {
+            ERROR_SUCCESS => ERROR_SUCCESS,
+            _ => self.enable_with(p, code, false),
         };
         if rc == ERROR_SUCCESS {
             Ok(())
@@ -188,6 +181,45 @@ impl Session {
                 provider: p.name(),
                 code: rc,
             })
+        }
+    }
+
+    fn enable_with(&self, p: Provider, code: u32, filtered: bool) -> u32 {
+        let g = guid(p);
+        // EVENT_FILTER_EVENT_ID: FilterIn (1), Reserved, Count, Events[Count].
+        let ids = p.event_ids();
+        let mut filter: Vec<u16> = Vec::with_capacity(2 + ids.len());
+        filter.push(1); // FilterIn = TRUE, Reserved = 0 (little-endian u16)
+        filter.push(ids.len() as u16);
+        filter.extend_from_slice(ids);
+        let mut desc = EVENT_FILTER_DESCRIPTOR {
+            Ptr: filter.as_ptr() as u64,
+            Size: (filter.len() * 2) as u32,
+            Type: EVENT_FILTER_TYPE_EVENT_ID,
+        };
+        let params = ENABLE_TRACE_PARAMETERS {
+            Version: ENABLE_TRACE_PARAMETERS_VERSION_2,
+            EnableFilterDesc: &mut desc,
+            FilterDescCount: 1,
+            ..Default::default()
+        };
+        // SAFETY: valid session handle and GUID; the filter and its
+        // descriptor live until the call returns.
+        unsafe {
+            EnableTraceEx2(
+                self.handle,
+                &g,
+                code,
+                4, // TRACE_LEVEL_INFORMATION
+                p.keywords(),
+                0,
+                0,
+                if filtered && code == EVENT_CONTROL_CODE_ENABLE_PROVIDER {
+                    &params
+                } else {
+                    std::ptr::null()
+                },
+            )
         }
     }
 
