@@ -2,7 +2,7 @@
 //! early in boot (before services) from registry values under
 //! `HKLM\SYSTEM\CurrentControlSet\Control\WMI\Autologger\<name>`
 //! (documented in "Configuring and Starting an AutoLogger Session"). It
-//! writes the same providers `portwatch trace` enables to an .etl file that
+//! writes Microsoft-Windows-TCPIP (see [`BOOT_PROVIDERS`]) to an .etl file that
 //! `portwatch history` reads. [`plan`] is pure: the values, and the exact
 //! `reg add` commands `--dry-run` prints and the install runs.
 
@@ -68,6 +68,15 @@ impl RegWrite {
     }
 }
 
+/// Only TCPIP at boot: it names the first taker of a port (TCB states and
+/// TcpConnectTcbComplete for an ephemeral port, TcpListenerBindFailedPort
+/// for the service that lost it). Kernel-Network and AFD log per-packet and
+/// per-call data events under the same keywords and level as the ones
+/// portwatch wants, and an AutoLogger cannot be given the event-id filter
+/// the live session uses: they would fill the circular file and push the
+/// boot's first minutes out of it.
+pub const BOOT_PROVIDERS: [Provider; 1] = [Provider::Tcpip];
+
 /// The registry values of the AutoLogger writing to `etl` (at most
 /// `max_mb` MiB, circular).
 pub fn plan(etl: &str, max_mb: u32) -> Vec<RegWrite> {
@@ -91,7 +100,7 @@ pub fn plan(etl: &str, max_mb: u32) -> Vec<RegWrite> {
         // 2 = system time, so timestamps are wall-clock FILETIMEs.
         w("ClockType", RegData::Dword(2)),
     ];
-    for p in Provider::ALL {
+    for p in BOOT_PROVIDERS {
         let pkey = format!(r"{key}\{}", p.guid());
         let pw = |name, data| RegWrite {
             key: pkey.clone(),
@@ -115,7 +124,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_session_and_every_provider_are_configured() {
+    fn the_session_and_tcpip_are_configured() {
         let p = plan(r"C:\ProgramData\portwatch\portwatch.etl", 64);
         let get = |key_end: &str, name: &str| {
             p.iter()
@@ -129,12 +138,15 @@ mod tests {
                 r"C:\ProgramData\portwatch\portwatch.etl".into()
             ))
         );
-        for prov in Provider::ALL {
-            assert_eq!(get(prov.guid(), "Enabled"), Some(RegData::Dword(1)));
-            assert_eq!(
-                get(prov.guid(), "MatchAnyKeyword"),
-                Some(RegData::Qword(prov.keywords()))
-            );
+        let tcpip = Provider::Tcpip;
+        assert_eq!(get(tcpip.guid(), "Enabled"), Some(RegData::Dword(1)));
+        assert_eq!(
+            get(tcpip.guid(), "MatchAnyKeyword"),
+            Some(RegData::Qword(tcpip.keywords()))
+        );
+        // No provider whose data events would crowd the boot out of the file.
+        for noisy in [Provider::KernelNetwork, Provider::WinsockAfd] {
+            assert_eq!(get(noisy.guid(), "Enabled"), None);
         }
         // TCPIP without the send/receive paths.
         assert_eq!(Provider::Tcpip.keywords() & 0x3_0000_0000, 0);
