@@ -237,7 +237,7 @@ pub struct InstallServiceArgs {
     pub now: bool,
 
     /// The journal folder the recorder writes.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/portwatch")]
+    #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR)]
     pub journal: PathBuf,
 
     /// The portwatch binary the unit runs (default: this one).

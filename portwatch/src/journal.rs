@@ -27,11 +27,13 @@
 //! A `lock` file in the directory, held with flock(2) while a writer is
 //! open, keeps two recorders from rotating each other's segments away.
 
+#[cfg(windows)]
+use platform::{DirBuilderExt, OpenOptionsExt};
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,7 +43,18 @@ use serde::{Deserialize, Serialize};
 use crate::model::Event;
 
 /// Where `portwatch record` keeps its journal unless told otherwise.
+#[cfg(not(windows))]
 pub const DEFAULT_DIR: &str = "/var/lib/portwatch";
+#[cfg(windows)]
+pub use platform::DEFAULT_DIR;
+
+// Windows has no /proc, CLOCK_BOOTTIME or mode bits: its boot id, clock and
+// no-op mode setters live beside this file.
+#[cfg(windows)]
+#[path = "journal_windows.rs"]
+mod platform;
+#[cfg(windows)]
+pub use platform::{boot_id, mono_ns};
 /// The segment format this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// Bytes of the segment header.
@@ -178,8 +191,14 @@ fn io_err(action: &'static str, path: &Path, e: io::Error) -> JournalError {
     let path = path.to_path_buf();
     match (e.kind(), e.raw_os_error()) {
         (io::ErrorKind::PermissionDenied, _) => JournalError::PermissionDenied { action, path },
+        #[cfg(unix)]
         (_, Some(libc::EROFS)) => JournalError::ReadOnly { path },
+        #[cfg(unix)]
         (_, Some(libc::ENOSPC)) | (_, Some(libc::EDQUOT)) => JournalError::NoSpace { path },
+        (io::ErrorKind::ReadOnlyFilesystem, _) => JournalError::ReadOnly { path },
+        (io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded, _) => {
+            JournalError::NoSpace { path }
+        }
         _ => JournalError::Io {
             action,
             path,
@@ -217,6 +236,7 @@ pub struct ReadOutcome {
 }
 
 /// The current boot's id, to tell boots apart in a journal that spans reboots.
+#[cfg(not(windows))]
 pub fn boot_id() -> io::Result<String> {
     Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
         .trim()
@@ -225,6 +245,7 @@ pub fn boot_id() -> io::Result<String> {
 
 /// CLOCK_BOOTTIME in ns: monotonic, counts suspend, and is the clock the
 /// eBPF programs stamp events with (`bpf_ktime_get_boot_ns`).
+#[cfg(not(windows))]
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -320,8 +341,10 @@ fn create_segment(dir: &Path, seq: u64, sync: bool) -> Result<(File, PathBuf), J
         .open(&tmp)
         .map_err(|e| io_err("create journal segment", &tmp, e))?;
     // The umask may only clear bits; set the mode outright so it is exactly 0600.
+    #[cfg(unix)]
     file.set_permissions(fs::Permissions::from_mode(0o600))
-        .and_then(|()| file.write_all(&segment_header()))
+        .map_err(|e| io_err("write journal segment", &tmp, e))?;
+    file.write_all(&segment_header())
         .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
         .map_err(|e| io_err("write journal segment", &tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| io_err("rename journal segment", &tmp, e))?;
@@ -349,13 +372,11 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
         .map_err(|e| io_err("open journal lock", &path, e))?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock {
-            return Err(io_err("lock journal", &path, e));
+        // flock(LOCK_EX | LOCK_NB) on Unix, LockFileEx on Windows.
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock journal", &path, e)),
         }
         if Instant::now() >= deadline {
             return Err(JournalError::Locked {
@@ -404,7 +425,9 @@ impl JournalWriter {
                     .recursive(true)
                     .mode(0o700)
                     .create(dir)
-                    .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+                    .map_err(|e| io_err("create journal directory", dir, e))?;
+                #[cfg(unix)]
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                     .map_err(|e| io_err("create journal directory", dir, e))?;
             }
             Err(e) => return Err(io_err("open journal directory", dir, e)),

@@ -12,15 +12,17 @@ pub mod errno;
 pub mod escape;
 pub mod explain;
 pub mod filter;
+pub mod journal;
 pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod source;
 pub mod sysctl;
 pub mod timefmt;
+/// Windows: IP Helper tables, netsh parsing, registry, AutoLogger. Its pure
+/// parts build and are tested everywhere; the system calls only on Windows.
+pub mod windows;
 
-#[cfg(target_os = "linux")]
-pub mod journal;
 #[cfg(target_os = "linux")]
 pub mod procfd;
 #[cfg(target_os = "linux")]

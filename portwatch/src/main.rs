@@ -25,11 +25,17 @@ fn main() -> ExitCode {
         let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match cli.command {
             Command::Trace(args) => done(portwatch::cmd::trace::run(args).await),
+            #[cfg(not(windows))]
             Command::Who(args) => done(portwatch::cmd::who::run(args)),
+            #[cfg(not(windows))]
             Command::Record(args) => done(portwatch::cmd::record::run(args).await),
+            #[cfg(not(windows))]
             Command::History(args) => done(portwatch::cmd::history::run(args)),
+            #[cfg(not(windows))]
             Command::InstallService(args) => done(portwatch::cmd::install_service::run(args)),
+            #[cfg(not(windows))]
             Command::Doctor(args) => done(portwatch::cmd::doctor::run(args)),
+            #[cfg(not(windows))]
             Command::Reserve(args) => done(portwatch::cmd::reserve::run(args)),
             // 1 when the message was not recognised: scripts can tell.
             Command::Explain(args) => portwatch::cmd::explain::run(args).map(|known| {
@@ -39,6 +45,8 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }),
+            #[cfg(windows)]
+            other => done(portwatch::windows::cmd::run(other)),
         }
     });
     match result {

@@ -9,6 +9,8 @@ mod setup;
 mod tasks;
 mod util;
 mod vm;
+mod windows;
+mod wine_tests;
 
 use std::process::ExitCode;
 
@@ -45,8 +47,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Full suite: fmt check, clippy, unit tests, then kernel (integration)
-    /// tests one at a time as root.
+    /// Full suite: fmt check, clippy, unit tests, the Windows cross-build
+    /// with its wine tests, then kernel (integration) tests one at a time as
+    /// root.
     Test {
         /// Extra arguments for the integration test run, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -54,6 +57,10 @@ enum Task {
     },
     /// Format check and clippy only.
     Clippy,
+    /// Cross-build portwatch.exe (x86_64-pc-windows-gnu), clippy -D
+    /// warnings for that target, and run it under wine. Installs the rustup
+    /// target, mingw and wine when missing. Also part of `test`.
+    Windows,
     /// Overhead benchmark (prints figures; a few minutes; needs root): churn
     /// throughput under no tracer, portwatch trace, aggregate-only and
     /// bpftrace, the syscall tax, pipeline capacity and in-kernel cost.
@@ -108,6 +115,7 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
         Task::Run { release, args } => tasks::run(&ctx, release, &args),
         Task::Test { args } => tasks::test(&ctx, &args).map(|()| ExitCode::SUCCESS),
         Task::Clippy => tasks::lint(&ctx).map(|()| ExitCode::SUCCESS),
+        Task::Windows => windows::windows(&ctx).map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::bench(&ctx, args).map(|()| ExitCode::SUCCESS),
         Task::VmTest {
             kernels,

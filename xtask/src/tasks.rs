@@ -90,7 +90,10 @@ pub fn test(ctx: &Ctx, integration_args: &[String]) -> Result<()> {
         "unit tests failed; see the output above",
     )?;
 
-    step(3, "kernel tests (one at a time)");
+    step(3, "Windows: cross-build, clippy for the target, wine tests");
+    crate::windows::windows(ctx)?;
+
+    step(4, "kernel tests (one at a time)");
     if !util::is_root() {
         bail!(
             "kernel tests load eBPF programs and need root; \
@@ -117,7 +120,7 @@ pub fn test(ctx: &Ctx, integration_args: &[String]) -> Result<()> {
 }
 
 fn step(n: u32, what: &str) {
-    eprintln!("xtask test: [{n}/3] {what}");
+    eprintln!("xtask test: [{n}/4] {what}");
 }
 
 mod sigint {

@@ -943,6 +943,7 @@ pub fn parse_lockdown(text: &str) -> Option<String> {
 
 /// Lockdown from the kernel config, when it forces a mode (a floor: the
 /// kernel command line may raise it).
+#[cfg(target_os = "linux")]
 fn lockdown_from_config(cfg: &BTreeMap<String, String>) -> Option<String> {
     let on = |k: &str| cfg.get(k).is_some_and(|v| v == "y");
     if on("CONFIG_LOCK_DOWN_KERNEL_FORCE_CONFIDENTIALITY") {

@@ -6,19 +6,25 @@
 //! `doctor` use ([`collect`], Linux only), hands what it saw to
 //! [`crate::explain::checks`] and prints text or JSON.
 
+// Some are used only by the Linux machine checks.
+#[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 use std::collections::BTreeMap;
 use std::io::{self, IsTerminal, Read, Write};
+#[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 use std::net::IpAddr;
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use crate::cli::ExplainArgs;
+#[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 use crate::cmd::doctor::{self, Finding};
 use crate::escape::visible;
+#[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 use crate::explain::checks::{
     add_machine, add_windows_checks, conditions, endpoint, ip_of, Holder, Machine,
 };
+#[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 use crate::explain::{self, Condition, Explanation, Platform};
 use crate::output::one_line;
 

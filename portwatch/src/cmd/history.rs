@@ -143,6 +143,12 @@ fn record_json(r: &Record, how: Option<&How>) -> anyhow::Result<String> {
 pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
     let outcome = journal::read_dir(&args.journal)
         .with_context(|| format!("cannot read the journal in {}", args.journal.display()))?;
+    answer(&args, outcome)
+}
+
+/// The queries over records from any source: the journal, or on Windows
+/// the AutoLogger's .etl file converted to journal records.
+pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Result<()> {
     for d in &outcome.damage {
         eprintln!("portwatch: journal: skipped damaged data in {d}");
     }

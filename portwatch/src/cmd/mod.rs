@@ -7,6 +7,7 @@ pub mod history;
 pub mod install_service;
 #[cfg(target_os = "linux")]
 pub mod record;
+#[cfg(target_os = "linux")]
 pub mod reserve;
 pub mod trace;
 #[cfg(target_os = "linux")]

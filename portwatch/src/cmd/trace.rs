@@ -10,6 +10,7 @@ use crate::filter::EventFilter;
 use crate::model::{Hints, LostReason, SourceMsg};
 use crate::output::{JsonSink, Sink, TextSink};
 use crate::pipeline::Pipeline;
+#[cfg(target_os = "linux")]
 use crate::timefmt::now_ns;
 
 fn sink(args: &TraceArgs) -> Box<dyn Sink> {
@@ -165,7 +166,9 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(not(target_os = "linux"))]
-async fn live(_args: TraceArgs) -> anyhow::Result<()> {
-    anyhow::bail!("live tracing needs the Linux collector; the Windows (ETW) collector is not built yet. Use --replay FILE to read a recording")
+/// The ETW collector feeds the same pipeline (src/source/windows).
+#[cfg(windows)]
+async fn live(args: TraceArgs) -> anyhow::Result<()> {
+    let (filter, sink) = (filter(&args), sink(&args));
+    crate::source::windows::live::trace(&args, filter, sink, quiet_on_broken_pipe).await
 }

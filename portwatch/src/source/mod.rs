@@ -5,6 +5,9 @@
 #[cfg(target_os = "linux")]
 pub mod linux;
 pub mod replay;
+/// ETW: payload decoders (pure, built and tested everywhere) and, on
+/// Windows, the live session.
+pub mod windows;
 
 /// Which mechanism serves one kind of event, for the `attached` line and doctor.
 #[derive(Clone, Debug, PartialEq, Eq)]
