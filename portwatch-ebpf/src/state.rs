@@ -41,14 +41,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 /// Transitions the kernel makes in the owning task's own context: connect(),
-/// listen(), and close()/shutdown() (tcp_close_state). Every other transition
-/// may run in softirq, where the current task is unrelated.
+/// listen(), close()/shutdown() (tcp_close_state), and a listener's close
+/// (inet_csk_listen_stop, from close() or the last holder's exit). Every
+/// other transition may run in softirq, where the current task is unrelated.
 #[inline(always)]
 fn in_process_context(old: u8, new: u8) -> bool {
     matches!(
         (old, new),
         (st::CLOSE, st::SYN_SENT)
             | (st::CLOSE, st::LISTEN)
+            | (st::LISTEN, st::CLOSE)
             | (st::ESTABLISHED, st::FIN_WAIT1)
             | (st::CLOSE_WAIT, st::LAST_ACK)
     )

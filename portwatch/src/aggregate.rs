@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::model::{Event, EventKind, LostReason};
+use crate::model::{Event, EventKind, LostReason, PoolUse, Side, TcpState};
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s on Linux (not tunable there).
 pub const TIMEWAIT_NS: i128 = 60 * 1_000_000_000;
@@ -24,7 +24,8 @@ pub struct ProcStats {
     /// By (network namespace, address, port): fifty pods each talking to
     /// their own 127.0.0.1:5432 are fifty destinations.
     pub timewait_by_dest: BTreeMap<Dest, u64>,
-    pub connect_failures: BTreeMap<String, u64>,
+    /// By errno and destination (when the hook saw it).
+    pub connect_failures: BTreeMap<(String, Dest), u64>,
     pub bind_failures: BTreeMap<(String, u16), u64>,
 }
 
@@ -41,9 +42,7 @@ impl PortRange {
     }
 }
 
-/// A destination as the kernel's port allocator sees it: in one network
-/// namespace.
-pub type Dest = (Option<u64>, IpAddr, u16);
+pub use crate::model::Dest;
 
 /// Lost events by reason, every reason always present.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -71,9 +70,11 @@ pub struct Aggregator {
     events: u64,
     lost: u64,
     lost_by_reason: LostByReason,
-    /// TIME_WAIT entries of the last 60 s, oldest first, to estimate how many
-    /// are still in the table per destination.
+    /// Client-side TIME_WAIT entries of the last 60 s, oldest first.
     recent_tw: VecDeque<(i128, Dest)>,
+    /// Destinations this run saw clients connect to: their ephemeral pools
+    /// are what the summary measures.
+    client_dests: std::collections::BTreeSet<Dest>,
     range: Option<PortRange>,
     first: Option<i128>,
     last: Option<i128>,
@@ -105,19 +106,38 @@ impl Aggregator {
             })
             .or_default();
         stats.events += 1;
+        let (daddr, dport) = ev.remote();
+        let dest = (ev.netns, daddr, dport);
+        let client = ev.side == Some(Side::Client);
         match ev.event {
             EventKind::Timewait => {
                 stats.timewait += 1;
-                let (daddr, dport) = ev.remote();
-                let dest = (ev.netns, daddr, dport);
-                *stats.timewait_by_dest.entry(dest).or_default() += 1;
-                self.recent_tw.push_back((ev.time, dest));
+                // A server's TIME_WAIT holds its own listening port, not a
+                // port of a pool: the remote end is the client's ephemeral
+                // port, no destination at all.
+                if client {
+                    *stats.timewait_by_dest.entry(dest).or_default() += 1;
+                    self.recent_tw.push_back((ev.time, dest));
+                    self.client_dests.insert(dest);
+                }
                 self.expire(ev.time);
             }
-            EventKind::Connect if ev.is_failure() => {
-                if let Some(e) = &ev.errno {
-                    *stats.connect_failures.entry(e.clone()).or_default() += 1;
+            EventKind::Connect => {
+                if ev.dport.is_some() && ev.daddr.is_some() {
+                    self.client_dests.insert(dest);
                 }
+                if ev.is_failure() {
+                    if let Some(e) = &ev.errno {
+                        *stats.connect_failures.entry((e.clone(), dest)).or_default() += 1;
+                    }
+                }
+            }
+            EventKind::State
+                if client
+                    && ev.old_state == Some(TcpState::SynSent)
+                    && ev.new_state == Some(TcpState::Established) =>
+            {
+                self.client_dests.insert(dest);
             }
             EventKind::Bind if ev.is_failure() => {
                 if let Some(e) = &ev.errno {
@@ -139,6 +159,11 @@ impl Aggregator {
         }
     }
 
+    /// Destinations clients connected to during the run.
+    pub fn client_dests(&self) -> Vec<Dest> {
+        self.client_dests.iter().copied().collect()
+    }
+
     pub fn lost(&self) -> u64 {
         self.lost
     }
@@ -154,19 +179,16 @@ impl Aggregator {
         for (_, dest) in &self.recent_tw {
             *active.entry(*dest).or_default() += 1;
         }
-        let capacity = self.range.map(|r| r.size());
         let mut destinations: Vec<DestSummary> = active
             .into_iter()
             .map(|((netns, daddr, dport), n)| DestSummary {
                 netns,
                 daddr,
                 dport,
-                timewait_active: n,
-                capacity,
-                pressure: capacity.map(|c| n as f64 / f64::from(c)),
+                timewait_entered_60s: n,
             })
             .collect();
-        destinations.sort_by_key(|d| std::cmp::Reverse(d.timewait_active));
+        destinations.sort_by_key(|d| std::cmp::Reverse(d.timewait_entered_60s));
 
         let mut processes: Vec<ProcSummary> = self
             .procs
@@ -186,7 +208,17 @@ impl Aggregator {
                         count: *count,
                     })
                     .collect(),
-                connect_failures: s.connect_failures.clone(),
+                connect_failures: s
+                    .connect_failures
+                    .iter()
+                    .map(|((errno, (netns, daddr, dport)), count)| ConnectFailure {
+                        errno: errno.clone(),
+                        netns: *netns,
+                        daddr: *daddr,
+                        dport: *dport,
+                        count: *count,
+                    })
+                    .collect(),
                 bind_failures: s
                     .bind_failures
                     .iter()
@@ -200,7 +232,7 @@ impl Aggregator {
             .collect();
         processes.sort_by(|a, b| {
             let fails = |p: &ProcSummary| {
-                p.connect_failures.values().sum::<u64>()
+                p.connect_failures.iter().map(|c| c.count).sum::<u64>()
                     + p.bind_failures.iter().map(|b| b.count).sum::<u64>()
             };
             (b.timewait, fails(b), b.events, &a.pid).cmp(&(a.timewait, fails(a), a.events, &b.pid))
@@ -217,6 +249,7 @@ impl Aggregator {
             lost_by_reason: self.lost_by_reason.clone(),
             ephemeral_range: self.range,
             timewait_destinations: destinations,
+            pools: Vec::new(),
             processes,
         }
     }
@@ -237,6 +270,16 @@ pub struct BindFailure {
     pub count: u64,
 }
 
+/// Failed connect()s of one errno to one destination.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnectFailure {
+    pub errno: String,
+    pub netns: Option<u64>,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub count: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProcSummary {
     pub pid: Option<u32>,
@@ -244,22 +287,58 @@ pub struct ProcSummary {
     pub events: u64,
     pub timewait: u64,
     pub timewait_destinations: Vec<DestCount>,
-    pub connect_failures: BTreeMap<String, u64>,
+    pub connect_failures: Vec<ConnectFailure>,
     pub bind_failures: Vec<BindFailure>,
 }
 
-/// TIME_WAIT sockets still (by the 60 s rule) in the table for one
-/// destination, against the ports the ephemeral range offers it.
+/// Client-side TIME_WAIT entries towards one destination in the last 60 s
+/// (the TIME_WAIT length): what the trace saw enter, whether or not the
+/// kernel recycled some since. The pools say what holds ports now.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DestSummary {
     pub netns: Option<u64>,
     pub daddr: IpAddr,
     pub dport: u16,
-    pub timewait_active: u64,
-    pub capacity: Option<u32>,
-    /// timewait_active / capacity: 1.0 means the next connect() to this
-    /// destination from the same source address fails with EADDRNOTAVAIL.
+    pub timewait_entered_60s: u64,
+}
+
+/// One destination's ephemeral pool at the end of the run, counted in its
+/// own namespace's socket table against that namespace's range.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoolSummary {
+    pub netns: Option<u64>,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    #[serde(flatten)]
+    pub pool: Option<PoolUse>,
+    /// in_use / capacity.
     pub pressure: Option<f64>,
+    /// Why the pool could not be counted.
+    pub error: Option<String>,
+}
+
+impl PoolSummary {
+    pub fn new(dest: Dest, pool: Result<PoolUse, String>) -> Self {
+        let (netns, daddr, dport) = dest;
+        match pool {
+            Ok(p) => PoolSummary {
+                netns,
+                daddr,
+                dport,
+                pressure: Some(p.pressure()),
+                pool: Some(p),
+                error: None,
+            },
+            Err(e) => PoolSummary {
+                netns,
+                daddr,
+                dport,
+                pool: None,
+                pressure: None,
+                error: Some(e),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -272,8 +351,11 @@ pub struct Summary {
     /// Every lost event, whatever the reason; `lost_by_reason` splits it.
     pub lost: u64,
     pub lost_by_reason: LostByReason,
+    /// portwatch's own namespace's range; each pool carries its own.
     pub ephemeral_range: Option<PortRange>,
     pub timewait_destinations: Vec<DestSummary>,
+    /// The pools of the destinations clients connected to, busiest first.
+    pub pools: Vec<PoolSummary>,
     pub processes: Vec<ProcSummary>,
 }
 
@@ -285,6 +367,7 @@ mod tests {
 
     fn tw(time: i128, pid: u32, dport: u16) -> Event {
         let mut ev = Event::new(time, EventKind::Timewait);
+        ev.side = Some(Side::Client);
         ev.pid = Some(pid);
         ev.comm = Some("client".into());
         ev.daddr = Some("10.0.0.9".parse().expect("ip"));
@@ -302,9 +385,20 @@ mod tests {
             agg.add(&tw(t * S, 1, 80));
         }
         agg.add(&tw(30 * S, 2, 443));
+        // A server's TIME_WAIT names the client's ephemeral port as its
+        // remote end: it is not a destination.
+        let mut server = tw(5 * S, 3, 51234);
+        server.side = Some(Side::Server);
+        agg.add(&server);
         let s = agg.summary(59 * S);
-        assert_eq!(s.timewait_destinations[0].timewait_active, 4);
-        assert_eq!(s.timewait_destinations[0].pressure, Some(0.4));
+        assert_eq!(s.timewait_destinations[0].timewait_entered_60s, 4);
+        assert_eq!(
+            s.timewait_destinations.len(),
+            2,
+            "{:?}",
+            s.timewait_destinations
+        );
+        assert_eq!(agg.client_dests().len(), 2);
         // At 62 s the first three have left TIME_WAIT.
         let s = agg.summary(62 * S);
         let d80 = s
@@ -312,7 +406,7 @@ mod tests {
             .iter()
             .find(|d| d.dport == 80)
             .expect("80");
-        assert_eq!(d80.timewait_active, 1);
+        assert_eq!(d80.timewait_entered_60s, 1);
         // Totals per process never expire.
         let p1 = s
             .processes
@@ -328,6 +422,8 @@ mod tests {
         let mut agg = Aggregator::new(None);
         let mut c = Event::new(0, EventKind::Connect);
         c.pid = Some(3);
+        c.daddr = Some("10.0.0.9".parse().expect("ip"));
+        c.dport = Some(5432);
         c.set_ret(-99);
         agg.add(&c);
         c.set_ret(-115);
@@ -342,8 +438,12 @@ mod tests {
         agg.add(&Event::lost(1, 2, LostReason::Inferred));
         let s = agg.summary(2);
         let p = &s.processes[0];
-        assert_eq!(p.connect_failures.get("EADDRNOTAVAIL"), Some(&1));
         assert_eq!(p.connect_failures.len(), 1);
+        let f = &p.connect_failures[0];
+        assert_eq!(
+            (f.errno.as_str(), f.dport, f.count),
+            ("EADDRNOTAVAIL", 5432, 1)
+        );
         assert_eq!(
             p.bind_failures,
             vec![BindFailure {

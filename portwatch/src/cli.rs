@@ -334,6 +334,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
 
+    /// Only sockets of this network namespace (a container's): its inode
+    /// (`ls -iL /proc/PID/ns/net`), a pid in it, or a path such as
+    /// /run/netns/NAME. Filtered in the kernel.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
+
     /// Print only failed bind() and connect() calls (and lost events); the
     /// summary still counts everything selected.
     #[arg(long)]

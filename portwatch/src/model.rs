@@ -199,6 +199,47 @@ pub struct Holder {
     pub dport: u16,
 }
 
+/// A destination as the kernel's port allocator sees it: address and port,
+/// in one network namespace.
+pub type Dest = (Option<u64>, IpAddr, u16);
+
+/// Which end of a connection a socket is: the one that connected, or the
+/// one a listener accepted. Only a client's local port comes from the
+/// ephemeral range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// Sockets holding ports of one destination's ephemeral pool, in the
+/// namespace the connection was made in, as its socket table shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolUse {
+    /// Sockets towards the destination whose local port lies in the range
+    /// and is not reserved, by state (TIME_WAIT included).
+    pub in_use: u64,
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    /// Ports the range offers a destination: its size less reserved ports.
+    pub capacity: u64,
+    /// That namespace's net.ipv4.ip_local_port_range.
+    pub range_low: u16,
+    pub range_high: u16,
+}
+
+impl PoolUse {
+    /// in_use / capacity: 1.0 means the next connect() to this destination
+    /// from the same address fails with EADDRNOTAVAIL.
+    pub fn pressure(&self) -> f64 {
+        if self.capacity == 0 {
+            1.0
+        } else {
+            self.in_use as f64 / self.capacity as f64
+        }
+    }
+}
+
 /// One observation. Field names are the stable JSON schema.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -248,6 +289,21 @@ pub struct Event {
     /// shows), which tells containers apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// The pid inside the process's own pid namespace (a container's view,
+    /// as its logs name it), when it differs from `pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_pid: Option<u32>,
+    /// Client or server end, from how the socket was born (when this run
+    /// saw it born, or found it in the start-up snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<Side>,
+    /// On a connect() that failed with EADDRNOTAVAIL: the sockets holding
+    /// ports towards its destination when portwatch looked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolUse>,
+    /// Why `holder` (on EADDRINUSE) or `pool` could not be found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_error: Option<String>,
     /// CLOCK_BOOTTIME of the event as the kernel stamped it (0 when not
     /// from the kernel); the journal keeps it as the time that no wall-clock
     /// step can move.
@@ -284,6 +340,10 @@ impl Event {
             lost_reason: None,
             sock: None,
             netns: None,
+            container_pid: None,
+            side: None,
+            pool: None,
+            lookup_error: None,
             boot_ns: 0,
         }
     }

@@ -54,6 +54,21 @@ pub struct TextSink<W: Write> {
     offset: time::UtcOffset,
     header_done: bool,
     dates: bool,
+    /// portwatch's own network namespace: others are named on each line.
+    own_netns: Option<u64>,
+}
+
+/// This process's network namespace inode.
+fn own_netns() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 impl<W: Write> TextSink<W> {
@@ -64,7 +79,14 @@ impl<W: Write> TextSink<W> {
             offset: time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC),
             header_done: false,
             dates: false,
+            own_netns: own_netns(),
         }
+    }
+
+    /// Which namespace counts as portwatch's own (for tests).
+    pub fn with_own_netns(mut self, own: Option<u64>) -> Self {
+        self.own_netns = own;
+        self
     }
 
     /// Print the date too: for records that span days and boots.
@@ -99,6 +121,14 @@ pub fn one_line(s: &str, max: usize) -> String {
         format!("{cut}...")
     } else {
         flat
+    }
+}
+
+/// ` [netns N]` for a namespace other than portwatch's own.
+fn netns_tag(netns: Option<u64>, own: Option<u64>) -> String {
+    match netns {
+        Some(n) if Some(n) != own => format!(" [netns {n}]"),
+        _ => String::new(),
     }
 }
 
@@ -151,6 +181,15 @@ fn detail(ev: &Event) -> String {
                     h.protocol.map_or("?", |p| p.name()),
                     endpoint(Some(h.saddr), Some(h.sport))
                 ));
+            }
+            if let Some(p) = &ev.pool {
+                s.push_str(&format!(
+                    "  {} of {} ports towards it in use",
+                    p.in_use, p.capacity
+                ));
+            }
+            if let Some(why) = &ev.lookup_error {
+                s.push_str(&format!("  (lookup failed: {why})"));
             }
             s
         }
@@ -209,9 +248,15 @@ impl<W: Write> Sink for TextSink<W> {
         } else {
             detail
         };
+        // Where it happened, when not in portwatch's own namespace; the pid
+        // a container's own logs would show.
+        let mut place = netns_tag(ev.netns, self.own_netns);
+        if let Some(p) = ev.container_pid {
+            place.push_str(&format!(" [pid {p} in its namespace]"));
+        }
         writeln!(
             self.out,
-            "{time:<w$} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}",
+            "{time:<w$} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}{place}",
             w = if self.dates { 23 } else { 12 }
         )?;
         if failed {
@@ -251,7 +296,14 @@ impl<W: Write> Sink for TextSink<W> {
             let mut fails: Vec<String> = p
                 .connect_failures
                 .iter()
-                .map(|(e, n)| format!("connect {e} x{n}"))
+                .map(|c| {
+                    format!(
+                        "connect {} {} x{}",
+                        endpoint(Some(c.daddr), Some(c.dport)),
+                        c.errno,
+                        c.count
+                    )
+                })
                 .collect();
             fails.extend(
                 p.bind_failures
@@ -273,17 +325,50 @@ impl<W: Write> Sink for TextSink<W> {
             )?;
         }
         for d in s.timewait_destinations.iter().take(10) {
-            let pct = d.pressure.map_or(String::new(), |p| match p * 100.0 {
-                x if x > 0.0 && x < 0.1 => " = <0.1% of the range".to_owned(),
-                x => format!(" = {x:.1}% of the range"),
-            });
             writeln!(
                 self.out,
-                "TIME_WAIT to {}: {} in the last 60s{}",
+                "TIME_WAIT entered towards {}{}: {} in the last 60s",
                 endpoint(Some(d.daddr), Some(d.dport)),
-                d.timewait_active,
-                pct
+                netns_tag(d.netns, self.own_netns),
+                d.timewait_entered_60s,
             )?;
+        }
+        for p in s.pools.iter().take(10) {
+            let dest = format!(
+                "{}{}",
+                endpoint(Some(p.daddr), Some(p.dport)),
+                netns_tag(p.netns, self.own_netns)
+            );
+            match (&p.pool, &p.error) {
+                (Some(pool), _) => {
+                    let states: Vec<String> = pool
+                        .by_state
+                        .iter()
+                        .map(|(st, n)| format!("{st} {n}"))
+                        .collect();
+                    let pct = match pool.pressure() * 100.0 {
+                        x if x > 0.0 && x < 0.1 => "<0.1%".to_owned(),
+                        x => format!("{x:.1}%"),
+                    };
+                    writeln!(
+                        self.out,
+                        "ports in use towards {dest}: {} of {} ({}-{}) = {pct}{}",
+                        pool.in_use,
+                        pool.capacity,
+                        pool.range_low,
+                        pool.range_high,
+                        if states.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", states.join(", "))
+                        }
+                    )?;
+                }
+                (None, Some(e)) => {
+                    writeln!(self.out, "ports in use towards {dest}: unknown ({e})")?
+                }
+                (None, None) => {}
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::aggregate::{Aggregator, PortRange};
+use crate::aggregate::{Aggregator, PoolSummary, PortRange};
 use crate::attribution::{Attributor, ProcessLookup, SocketProbe};
 use crate::filter::EventFilter;
 use crate::model::{Event, SourceMsg};
@@ -92,7 +92,20 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
         for ev in self.attributor.poll(now, true) {
             self.emit(&ev)?;
         }
-        let summary = self.aggregator.summary(now);
+        let mut summary = self.aggregator.summary(now);
+        let dests = self.aggregator.client_dests();
+        let mut pools: Vec<PoolSummary> = self
+            .attributor
+            .pools(&dests)
+            .into_iter()
+            .map(|(dest, pool)| PoolSummary::new(dest, pool))
+            .collect();
+        pools.sort_by(|a, b| {
+            b.pressure
+                .unwrap_or(-1.0)
+                .total_cmp(&a.pressure.unwrap_or(-1.0))
+        });
+        summary.pools = pools;
         self.sink.summary(&summary)?;
         self.sink.flush()
     }

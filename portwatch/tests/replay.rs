@@ -37,13 +37,40 @@ fn fixture_events() -> Vec<String> {
         .collect()
 }
 
+/// Replays go through attribution again: every value the recording holds
+/// comes back unchanged, and attribution may add what it derives from the
+/// chain of events (the `side` of each socket).
 #[test]
-fn json_replay_reproduces_every_event_byte_for_byte() {
+fn json_replay_reproduces_every_recorded_value() {
     let (code, out, err) = replay(&["--json"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     let (summary, events) = lines.split_last().expect("output");
-    assert_eq!(events, fixture_events().as_slice());
+    let recorded = fixture_events();
+    assert_eq!(events.len(), recorded.len());
+    for (got, want) in events.iter().zip(&recorded) {
+        let got: serde_json::Map<String, Value> = serde_json::from_str(got).expect("json");
+        let want: serde_json::Map<String, Value> = serde_json::from_str(want).expect("json");
+        for (k, v) in &want {
+            assert_eq!(got.get(k), Some(v), "{k} in {want:?}");
+        }
+        for k in got.keys().filter(|k| !want.contains_key(*k)) {
+            assert_eq!(k, "side", "only the side is derived again");
+        }
+    }
+    // Replaying the replay changes nothing at all.
+    let dir = tempfile::tempdir().expect("tmp");
+    let again = dir.path().join("again.jsonl");
+    std::fs::write(&again, &out).expect("write");
+    let out2 = Command::new(env!("CARGO_BIN_EXE_portwatch"))
+        .args(["trace", "--replay"])
+        .arg(&again)
+        .arg("--json")
+        .output()
+        .expect("run");
+    let out2 = String::from_utf8_lossy(&out2.stdout).into_owned();
+    let lines2: Vec<&str> = out2.lines().collect();
+    assert_eq!(&lines2[..lines2.len() - 1], events);
     assert!(summary.contains("\"event\":\"summary\""));
 }
 
@@ -118,7 +145,9 @@ fn summary_charges_each_problem_to_its_process() {
         .iter()
         .find(|p| p["timewait"] == 4)
         .expect("client with 4 TIME_WAIT");
-    assert_eq!(client["connect_failures"]["EADDRNOTAVAIL"], 1);
+    assert_eq!(client["connect_failures"][0]["errno"], "EADDRNOTAVAIL");
+    assert_eq!(client["connect_failures"][0]["dport"], 1433);
+    assert_eq!(client["connect_failures"][0]["count"], 1);
     assert_eq!(client["timewait_destinations"][0]["dport"], 1433);
     let binder = procs
         .iter()
@@ -128,9 +157,11 @@ fn summary_charges_each_problem_to_its_process() {
     assert_eq!(binder["bind_failures"][0]["port"], 1433);
     assert_ne!(binder["pid"], client["pid"]);
     let dest = &summary["timewait_destinations"][0];
-    assert_eq!(dest["timewait_active"], 4);
-    assert_eq!(dest["capacity"], 8);
-    assert_eq!(dest["pressure"], 0.5);
+    assert_eq!(dest["timewait_entered_60s"], 4);
+    // A replay has no live socket table: the pools say they cannot be counted.
+    let pool = &summary["pools"][0];
+    assert_eq!(pool["dport"], 1433);
+    assert!(pool["error"].is_string(), "{pool}");
 }
 
 #[test]
@@ -187,9 +218,15 @@ fn text_output_is_aligned_and_names_the_holder() {
     assert!(conflict.contains("tcp LISTEN 127.0.0.1:1433"), "{conflict}");
     assert!(out.contains("FIN_WAIT2 -> TIME_WAIT"));
     assert!(out.contains("summary: "));
-    assert!(out.contains("connect EADDRNOTAVAIL x1"));
+    assert!(
+        out.contains("connect 127.0.0.1:1433 EADDRNOTAVAIL x1"),
+        "{out}"
+    );
     assert!(out.contains("bind :1433 EADDRINUSE x1"));
-    assert!(out.contains("TIME_WAIT to 127.0.0.1:1433: 4 in the last 60s = 50.0% of the range"));
+    assert!(
+        out.contains("TIME_WAIT entered towards 127.0.0.1:1433: 4 in the last 60s"),
+        "{out}"
+    );
     let (_, coloured, _) = replay(&["--color", "always"]);
     assert!(coloured.contains("\x1b["), "colour when asked");
 }

@@ -86,13 +86,10 @@ impl Run {
         self.events.iter().find(|e| e["event"] == "summary")
     }
 
-    /// `KEY=VALUE` lines the workload printed.
+    /// The first `KEY=VALUE` token the workload printed (several may share
+    /// a line).
     pub fn var(&self, key: &str) -> Option<u64> {
-        self.workload.lines().find_map(|l| {
-            l.strip_prefix(key)
-                .and_then(|r| r.strip_prefix('='))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        self.vars(key).first().copied()
     }
 
     /// Every value of `KEY=VALUE` tokens the workload printed, in order

@@ -168,6 +168,11 @@ impl<O> Chains<O> {
         self.socks.put(sock, (state, owner));
     }
 
+    /// What is remembered about `sock`, without moving its chain on.
+    pub fn peek(&self, sock: SockId) -> Option<&O> {
+        self.socks.peek(&sock).map(|(_, o)| o)
+    }
+
     /// A socket that closed: its address may be reused by another.
     pub fn close(&mut self, sock: SockId) {
         if let Some(entry) = self.socks.get_mut(&sock) {

@@ -49,20 +49,25 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// table says which sockets are bound there; the owner comes from the
     /// socket's process, or for a TIME_WAIT remnant from the process this
     /// trace saw create it.
-    pub(super) fn holder(&mut self, ev: &Event) -> Option<Holder> {
-        let port = ev.sport?;
-        let want = ev.saddr?;
+    /// Err says why no holder could be looked for at all.
+    pub(super) fn holder(&mut self, ev: &Event) -> Result<Option<Holder>, String> {
+        let (Some(port), Some(want)) = (ev.sport, ev.saddr) else {
+            return Ok(None);
+        };
         let netns = ev.netns;
         let conflicts = |protocol: Protocol, addr: IpAddr, v6only: bool| {
             ev.protocol.is_none_or(|p| p == protocol) && overlaps(want, addr, v6only)
         };
-        let sockets: Vec<PortSocket> = self
-            .sockets
-            .on_port(netns, port)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| conflicts(s.protocol, s.saddr, s.v6only))
-            .collect();
+        let table = self.sockets.on_port(netns, port);
+        let sockets: Vec<PortSocket> = table
+            .as_ref()
+            .map(|t| {
+                t.iter()
+                    .filter(|s| conflicts(s.protocol, s.saddr, s.v6only))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         let family_of = |a: &IpAddr| match a {
             IpAddr::V4(_) => Family::Ipv4,
             IpAddr::V6(_) => Family::Ipv6,
@@ -122,17 +127,21 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                     h.comm.clone_from(&k.comm);
                 }
             }
-            return Some(h);
+            return Ok(Some(h));
         }
         // Not in this namespace's table (or the table could not be read),
         // but this trace saw a conflicting listener start in this namespace.
-        if ev.protocol.is_some_and(|p| p != Protocol::Tcp) {
-            return None;
-        }
-        self.listeners
-            .on_port(netns, port)
-            .find(|(k, _, certain)| *certain && overlaps(want, k.addr, false))
-            .map(|(k, known, _)| Holder {
+        let seen = if ev.protocol.is_some_and(|p| p != Protocol::Tcp) {
+            None
+        } else {
+            self.listeners
+                .on_port(netns, port)
+                .find(|(k, _, certain)| *certain && overlaps(want, k.addr, false))
+        };
+        match (seen, table) {
+            (None, Err(why)) => Err(why),
+            (None, Ok(_)) => Ok(None),
+            (Some((k, known, _)), _) => Ok(Some(Holder {
                 pid: known.pid,
                 comm: known.comm.clone(),
                 state: Some(TcpState::Listen),
@@ -144,7 +153,8 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                     Family::Ipv4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
                 },
                 dport: 0,
-            })
+            })),
+        }
     }
 }
 

@@ -36,6 +36,9 @@ struct Listening {
     count: u32,
     /// Two processes listened on it at once: a child's owner is unknowable.
     ambiguous: bool,
+    /// From the start-up snapshot: the listen event of the same socket may
+    /// still arrive (it raced the snapshot) and must not count twice.
+    seeded: bool,
 }
 
 /// Who an accepted child belongs to.
@@ -65,14 +68,41 @@ impl Listeners {
             owner: owner.clone(),
             count: 0,
             ambiguous: false,
+            seeded: false,
         });
+        if entry.seeded && entry.owner.pid == owner.pid {
+            // The seeded socket itself, or another of the same process.
+            entry.seeded = false;
+            entry.owner = owner;
+            return;
+        }
         if entry.count == 0 {
             entry.owner = owner;
             entry.ambiguous = false;
         } else if entry.owner.pid != owner.pid {
             entry.ambiguous = true;
         }
+        entry.seeded = false;
         entry.count += 1;
+    }
+
+    /// A listener that existed before the trace (`owner` None: several
+    /// processes may accept on it).
+    pub fn seed(&mut self, key: ListenerKey, owner: Option<Known>) {
+        if self.map.len() >= MAX_LISTENERS {
+            return;
+        }
+        let ambiguous = owner.is_none();
+        let owner = owner.unwrap_or_else(|| Known::seeded(0, String::new(), 0, None));
+        self.map.insert(
+            key,
+            Listening {
+                owner,
+                count: 1,
+                ambiguous,
+                seeded: true,
+            },
+        );
     }
 
     pub fn close(&mut self, key: &ListenerKey) {

@@ -23,7 +23,8 @@ use std::net::IpAddr;
 
 use crate::errno;
 use crate::model::{
-    Attribution, Event, EventKind, Family, Hints, LostReason, Protocol, SourceMsg, TcpState,
+    Attribution, Dest, Event, EventKind, Family, Hints, LostReason, PoolUse, Protocol, Side,
+    SourceMsg, TcpState,
 };
 pub use holder::overlaps;
 use listeners::{ChildOwner, ListenerKey, Listeners};
@@ -60,6 +61,16 @@ pub trait SocketProbe {
     /// Every TCP and UDP socket whose local port is `port`; why not, when
     /// the table could not be read.
     fn on_port(&mut self, netns: Option<u64>, port: u16) -> Result<Vec<PortSocket>, String>;
+    /// The sockets holding ports of destination `daddr:dport`'s ephemeral
+    /// pool in namespace `netns`, with that namespace's range.
+    fn pool(
+        &mut self,
+        _netns: Option<u64>,
+        _daddr: IpAddr,
+        _dport: u16,
+    ) -> Result<PoolUse, String> {
+        Err("no live socket table to count in".to_owned())
+    }
     /// [`SocketProbe::tcp_state`] for many sockets of one namespace, in
     /// order: one round trip where the probe can batch.
     fn tcp_states(&mut self, netns: Option<u64>, tuples: &[Tuple]) -> Vec<Option<TcpState>> {
@@ -77,6 +88,8 @@ pub struct ProcessInfo {
     pub cgroup: Option<String>,
     /// Inode of its network namespace.
     pub netns: Option<u64>,
+    /// Its pid in its own (innermost) pid namespace, when not the host's.
+    pub container_pid: Option<u32>,
 }
 
 pub trait ProcessLookup {
@@ -127,6 +140,7 @@ pub struct Known {
     pub time: i128,
     /// The last state this trace saw the socket in.
     pub state: Option<TcpState>,
+    pub side: Option<Side>,
 }
 
 impl Known {
@@ -139,6 +153,21 @@ impl Known {
             family: ev.family,
             time: ev.time,
             state: ev.new_state,
+            side: ev.side,
+        }
+    }
+
+    /// An owner found in a snapshot of what existed before the trace.
+    pub fn seeded(pid: u32, comm: String, uid: u32, side: Option<Side>) -> Known {
+        Known {
+            pid: Some(pid),
+            tid: Some(pid),
+            uid: Some(uid),
+            comm: Some(comm),
+            family: None,
+            time: 0,
+            state: None,
+            side,
         }
     }
 }
@@ -176,6 +205,8 @@ const ORIGIN_TTL_NS: i128 = 90 * 1_000_000_000;
 /// stop waiting for the peer's FIN: net.ipv4.tcp_fin_timeout's default.
 const FW2_WAIT_NS: i128 = 60 * 1_000_000_000;
 const MAX_FW2_PENDING: usize = 65536;
+/// Connections from the start-up snapshot kept for attribution.
+const MAX_PREEXISTING: usize = 65536;
 
 /// A 4-tuple in a network namespace.
 type NsTuple = (Option<u64>, Tuple);
@@ -197,6 +228,10 @@ pub struct Attributor<S, P> {
     /// orphan whose FIN was acked before the peer's FIN came): it becomes
     /// TIME_WAIT when that FIN arrives. [`Attributor::poll`] re-checks them.
     fw2_pending: HashMap<NsTuple, Event>,
+    /// Connections that existed before the trace, with their owners from
+    /// the start-up snapshot; each is used (and forgotten) when the socket
+    /// is first seen.
+    preexisting: HashMap<NsTuple, Known>,
 }
 
 /// What the socket table says about a FIN_WAIT2/CLOSING -> CLOSE.
@@ -218,7 +253,45 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             origins: HashMap::new(),
             prefetched: HashMap::new(),
             fw2_pending: HashMap::new(),
+            preexisting: HashMap::new(),
         }
+    }
+
+    /// A listener that existed before the trace; `owner` None when it is
+    /// unclear which of several processes accepts on it.
+    pub fn seed_listener(
+        &mut self,
+        netns: Option<u64>,
+        port: u16,
+        addr: IpAddr,
+        owner: Option<Known>,
+    ) {
+        let family = match addr {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        };
+        let key = ListenerKey {
+            netns,
+            family,
+            port,
+            addr,
+        };
+        self.listeners.seed(key, owner);
+    }
+
+    /// A connection that existed before the trace, and its owner.
+    pub fn seed_connection(&mut self, netns: Option<u64>, tuple: Tuple, owner: Known) {
+        if self.preexisting.len() < MAX_PREEXISTING {
+            self.preexisting.insert((netns, tuple), owner);
+        }
+    }
+
+    /// The ephemeral pools of `dests` as the live socket tables show them.
+    pub fn pools(&mut self, dests: &[Dest]) -> Vec<(Dest, Result<PoolUse, String>)> {
+        dests
+            .iter()
+            .map(|&(ns, a, p)| ((ns, a, p), self.sockets.pool(ns, a, p)))
+            .collect()
     }
 
     /// Looks up, in one batch per namespace, every socket that the TIME_WAIT
@@ -348,6 +421,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             if let Some((_, Some(info))) = ev.pid.and_then(|p| self.proc_cache.get(&p)) {
                 ev.cmdline.clone_from(&info.cmdline);
                 ev.cgroup.clone_from(&info.cgroup);
+                ev.container_pid = info.container_pid;
                 if ev.netns.is_none() {
                     ev.netns = info.netns;
                 }
@@ -391,7 +465,20 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             return;
         };
         let birth = chain::is_birth(old, new);
+        if birth {
+            ev.side = Some(if old == TcpState::Listen {
+                Side::Server
+            } else {
+                Side::Client
+            });
+        }
         let (verdict, remembered) = self.chains.step(sock, old, new);
+        if let Some(k) = remembered {
+            ev.side = ev.side.or(k.side);
+        }
+        // First sight of a socket that predates the trace: its owner and
+        // side from the start-up snapshot.
+        let first_sight = remembered.is_none() && !birth && verdict == chain::Verdict::Fits;
         // The chain's owner (learnt in process context this run) wins over
         // one the kernel remembered; only the pid is compared, and the owner
         // cloned only where the two differ.
@@ -438,6 +525,14 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 Self::set_owner(ev, fill.as_ref());
             }
         }
+        if first_sight {
+            if let Some(k) = tuple(ev).and_then(|t| self.preexisting.remove(&(ev.netns, t))) {
+                ev.side = k.side;
+                if ev.attribution != Attribution::Current && ev.pid.is_none() {
+                    Self::set_owner(ev, Some(&k));
+                }
+            }
+        }
         if new == TcpState::Close {
             self.chains.close(sock);
         } else if kept_pid != Some(ev.pid) {
@@ -455,6 +550,12 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         }
         if matches!(ev.event, EventKind::State | EventKind::Listen) {
             self.follow_chain(&mut ev, hints, out);
+        } else if ev.event == EventKind::Timewait && ev.side.is_none() {
+            // A recorded TIME_WAIT (replay): its socket's side, from its chain.
+            ev.side = ev
+                .sock
+                .and_then(|s| self.chains.peek(s))
+                .and_then(|k| k.side);
         }
         self.enrich(&mut ev);
         if hints.replayed {
@@ -502,7 +603,21 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             }
             EventKind::Bind => {
                 if ev.errno_value() == Some(errno::EADDRINUSE) {
-                    ev.holder = self.holder(&ev);
+                    match self.holder(&ev) {
+                        Ok(h) => ev.holder = h,
+                        Err(why) => ev.lookup_error = Some(why),
+                    }
+                }
+                out.push(ev);
+            }
+            EventKind::Connect if ev.errno_value() == Some(errno::EADDRNOTAVAIL) => {
+                let (Some(daddr), Some(dport)) = (ev.daddr, ev.dport) else {
+                    out.push(ev);
+                    return;
+                };
+                match self.sockets.pool(ev.netns, daddr, dport) {
+                    Ok(pool) => ev.pool = Some(pool),
+                    Err(why) => ev.lookup_error = Some(why),
                 }
                 out.push(ev);
             }

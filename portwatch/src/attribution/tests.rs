@@ -37,6 +37,7 @@ impl ProcessLookup for FakeProcs {
             cmdline: Some(format!("/usr/bin/app --id {pid}")),
             cgroup: Some("/system.slice/app.service".into()),
             netns: None,
+            container_pid: None,
         })
     }
 }

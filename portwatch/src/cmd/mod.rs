@@ -61,3 +61,56 @@ impl Stop {
         }
     }
 }
+
+/// Tells the kernel side and attribution about the listeners and
+/// connections that predate the run (one snapshot of every namespace), so
+/// that a server started long before portwatch is named from its first
+/// event. Says how many were found, on stderr, when asked to be verbose.
+#[cfg(target_os = "linux")]
+pub fn seed<S: crate::attribution::SocketProbe, P: crate::attribution::ProcessLookup>(
+    collector: &mut crate::source::linux::LinuxCollector,
+    attributor: &mut crate::attribution::Attributor<S, P>,
+    netns: &crate::system::Netns,
+) {
+    use crate::attribution::Known;
+    let snap = crate::system::snapshot::take(netns);
+    if let Err(e) = collector.seed_listeners(&snap.listeners) {
+        log::warn!("cannot tell the kernel about existing listeners: {e}");
+    }
+    for l in &snap.listeners {
+        let owner = l.owner.as_ref().map(|o| {
+            Known::seeded(
+                o.pid,
+                o.comm.clone(),
+                o.uid,
+                Some(crate::model::Side::Server),
+            )
+        });
+        // The listening socket itself, for its own later transitions.
+        if let Some(o) = &owner {
+            let unspecified = match l.addr {
+                std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            };
+            attributor.seed_connection(Some(l.netns), (l.addr, l.port, unspecified, 0), o.clone());
+        }
+        attributor.seed_listener(Some(l.netns), l.port, l.addr, owner);
+    }
+    for c in snap.connections {
+        if let Some(o) = c.owner {
+            attributor.seed_connection(
+                Some(c.netns),
+                c.tuple,
+                Known::seeded(o.pid, o.comm, o.uid, Some(c.side)),
+            );
+        }
+    }
+    for (ino, why) in &snap.unreadable {
+        log::warn!("network namespace {ino}: its existing sockets could not be read ({why})");
+    }
+    log::info!(
+        "{} namespaces: {} listeners and connections that predate the run seeded",
+        snap.namespaces,
+        snap.listeners.len()
+    );
+}

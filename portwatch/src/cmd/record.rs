@@ -80,7 +80,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
 
     let mut stop = super::Stop::install(args.duration)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
-    let collector = LinuxCollector::start(
+    let mut collector = LinuxCollector::start(
         &CollectorConfig {
             lost_poll: Duration::from_millis(500),
             ..CollectorConfig::default()
@@ -88,6 +88,12 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         tx,
     )
     .context("cannot start recording")?;
+    let netns = Netns::new();
+    let mut attributor = Attributor::new(
+        LiveSockets::new(netns.clone()),
+        LiveProcesses::new(netns.clone()),
+    );
+    super::seed(&mut collector, &mut attributor, &netns);
     eprintln!(
         "portwatch: attached {}; recording to {}",
         crate::source::describe(collector.mechanisms()),
@@ -95,10 +101,6 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     );
     notify_ready();
 
-    let mut attributor = {
-        let netns = Netns::new();
-        Attributor::new(LiveSockets::new(netns.clone()), LiveProcesses::new(netns))
-    };
     let mut append = |writer: &mut JournalWriter, work: Work| -> anyhow::Result<()> {
         let events: Vec<Event> = match work {
             Work::Batch(batch) => {

@@ -88,9 +88,14 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     use crate::source::linux::{CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
     use crate::system::{ephemeral_range, LiveProcesses, LiveSockets, Netns};
 
+    let netns_filter = match &args.netns {
+        Some(spec) => Some(resolve_netns(spec)?),
+        None => None,
+    };
     let cfg = CollectorConfig {
         pid: args.pid,
         ports: args.ports.clone(),
+        netns: netns_filter,
         ring_bytes: args.ring_bytes,
         stall_reader: args.stall_reader_ms.map(std::time::Duration::from_millis),
         stall_until: args.stall_reader_until.clone(),
@@ -99,22 +104,20 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     };
     let mut stop = super::Stop::install(args.duration)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
-    let collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
+    let mut collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
+    let netns = Netns::new();
+    let mut attributor = Attributor::new(
+        LiveSockets::new(netns.clone()),
+        LiveProcesses::new(netns.clone()),
+    );
+    super::seed(&mut collector, &mut attributor, &netns);
     eprintln!(
         "portwatch: attached {}",
         crate::source::describe(collector.mechanisms())
     );
 
-    let mut pipeline = Pipeline::new(
-        {
-            let netns = Netns::new();
-            Attributor::new(LiveSockets::new(netns.clone()), LiveProcesses::new(netns))
-        },
-        filter(&args),
-        ephemeral_range(),
-        sink(&args),
-    )
-    .quiet(args.summary_only);
+    let mut pipeline = Pipeline::new(attributor, filter(&args), ephemeral_range(), sink(&args))
+        .quiet(args.summary_only);
 
     // Closes waiting in the FIN_WAIT2 timewait sub-state are re-checked
     // this often.
@@ -167,6 +170,27 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
 }
 
 /// The ETW collector feeds the same pipeline (src/source/windows).
+/// `--netns`: a namespace inode, the path of a namespace file
+/// (`/proc/PID/ns/net`, `/run/netns/NAME`), or a pid in it.
+#[cfg(target_os = "linux")]
+pub fn resolve_netns(spec: &str) -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    // Pids stay below 2^22 (pid_max's ceiling); namespace inodes are far above.
+    const PID_MAX_LIMIT: u64 = 1 << 22;
+    let path = match spec.parse::<u64>() {
+        Ok(n) if n >= PID_MAX_LIMIT => {
+            return u32::try_from(n)
+                .map_err(|_| anyhow::anyhow!("--netns {n}: not a namespace inode (too large)"));
+        }
+        Ok(pid) => format!("/proc/{pid}/ns/net"),
+        Err(_) => spec.to_owned(),
+    };
+    let meta = std::fs::metadata(&path).with_context(|| {
+        format!("--netns {spec}: cannot read {path}; give a namespace inode (ls -iL /proc/PID/ns/net), a pid in the namespace, or a path such as /run/netns/NAME")
+    })?;
+    u32::try_from(meta.ino()).map_err(|_| anyhow::anyhow!("--netns {spec}: inode out of range"))
+}
+
 #[cfg(windows)]
 async fn live(args: TraceArgs) -> anyhow::Result<()> {
     let (filter, sink) = (filter(&args), sink(&args));

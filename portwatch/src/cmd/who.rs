@@ -304,6 +304,7 @@ mod tests {
                 cmdline: Some(format!("/opt/mssql/bin/sqlservr\n--pid {pid}")),
                 cgroup: Some("/system.slice/mssql-server.service".into()),
                 netns: None,
+                container_pid: None,
             })
         }
     }

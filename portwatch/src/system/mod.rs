@@ -4,6 +4,7 @@
 mod cgroup;
 mod netns;
 mod process;
+pub mod snapshot;
 mod sockets;
 
 use std::collections::HashMap;

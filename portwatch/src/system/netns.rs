@@ -147,6 +147,32 @@ fn find(ino: u64) -> Option<OwnedFd> {
         .find_map(|e| open_if(e.path()))
 }
 
+/// Runs `f` on a short-lived thread that has joined namespace `ns` (setns
+/// affects one thread only), or on this one when `ns` is None: for
+/// /proc/sys/net, which shows the namespace of whoever opens it.
+pub fn run_in<T: Send>(
+    ns: Option<&OwnedFd>,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd;
+    let Some(ns) = ns else {
+        return f();
+    };
+    let raw = ns.as_raw_fd();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: a valid namespace fd, borrowed for the call.
+                if unsafe { libc::setns(raw, libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the netns helper thread panicked")))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,8 +47,20 @@ impl ProcessLookup for LiveProcesses {
             cmdline: cmdline.filter(|c| !c.is_empty()),
             cgroup,
             netns,
+            container_pid: container_pid(pid),
         })
     }
+}
+
+/// The pid in the process's innermost pid namespace (the last of NSpid),
+/// when it differs from the host's.
+fn container_pid(pid: u32) -> Option<u32> {
+    let status = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .status()
+        .ok()?;
+    let inner = u32::try_from(*status.nspid?.last()?).ok()?;
+    (inner != pid).then_some(inner)
 }
 
 #[cfg(test)]
@@ -62,5 +74,37 @@ mod tests {
             .expect("own /proc entry");
         assert!(info.cmdline.is_some_and(|c| !c.is_empty()));
         assert_eq!(info.netns, super::super::netns::inode_of("self"));
+        assert_eq!(
+            info.container_pid, None,
+            "the test runs in the host's pid namespace"
+        );
+    }
+
+    #[test]
+    fn names_the_pid_a_container_sees() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: a pid namespace needs root");
+            return;
+        }
+        // `unshare --pid --fork` runs sleep as pid 1 of a new pid namespace.
+        let mut child = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "sleep", "5"])
+            .spawn()
+            .expect("unshare");
+        let host = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let kids =
+                    std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+                        .ok()?;
+                kids.split_whitespace().next()?.parse::<u32>().ok()
+            })
+            .expect("sleep started");
+        let info = LiveProcesses::default()
+            .lookup(host)
+            .expect("sleep's /proc");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(info.container_pid, Some(1));
     }
 }

@@ -8,11 +8,41 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
-use super::netns::Netns;
+use super::netns::{run_in, Netns};
 use super::owners_of;
 use crate::attribution::{PortSocket, SocketProbe, Tuple};
-use crate::model::{Protocol, TcpState};
-use crate::sockdiag::{Proto, SockDiag};
+use crate::model::{PoolUse, Protocol, TcpState};
+use crate::sockdiag::{Proto, SockDiag, TCP_ALL_STATES};
+use crate::sysctl::{parse_port_range, PortSet};
+
+/// How long a pool figure is reused: an exhaustion storm fails thousands
+/// of connects a second, each wanting the figure for its destination.
+const POOL_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A namespace's ephemeral range and reserved ports.
+#[derive(Clone, Debug)]
+struct PortConfig {
+    low: u16,
+    high: u16,
+    reserved: PortSet,
+}
+
+fn port_config(ns: Option<&std::os::fd::OwnedFd>) -> Result<PortConfig, String> {
+    let read = |name: &'static str| {
+        run_in(ns, move || {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+        })
+        .map_err(|e| format!("cannot read net.ipv4.{name} there: {e}"))
+    };
+    let (low, high) = parse_port_range(&read("ip_local_port_range")?)
+        .ok_or_else(|| "net.ipv4.ip_local_port_range does not parse".to_owned())?;
+    let reserved = PortSet::parse(read("ip_local_reserved_ports")?.trim()).unwrap_or_default();
+    Ok(PortConfig {
+        low,
+        high,
+        reserved,
+    })
+}
 
 /// Netlink sockets kept open in other namespaces, least recently used
 /// recycled first: one fd each.
@@ -26,6 +56,8 @@ pub struct LiveSockets {
     netns: Netns,
     /// Kinds of failure already warned about: each is said once.
     warned: HashSet<&'static str>,
+    /// Recent pool figures, by namespace and destination.
+    pools: LruCache<(Option<u64>, IpAddr, u16), (std::time::Instant, PoolUse)>,
 }
 
 impl LiveSockets {
@@ -42,7 +74,55 @@ impl LiveSockets {
             others: LruCache::new(NonZeroUsize::new(MAX_DIAGS).unwrap_or(NonZeroUsize::MIN)),
             netns,
             warned: HashSet::new(),
+            pools: LruCache::new(NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)),
         }
+    }
+
+    fn pool_now(
+        &mut self,
+        netns: Option<u64>,
+        daddr: IpAddr,
+        dport: u16,
+    ) -> Result<PoolUse, String> {
+        let ns = match netns {
+            Some(ino) if Some(ino) != self.netns.own() => Some(
+                self.netns
+                    .get(ino)
+                    .ok_or_else(|| format!("no live process left in network namespace {ino}"))?,
+            ),
+            _ => None,
+        };
+        let cfg = port_config(ns.as_deref())?;
+        let sockets = self
+            .diag(netns)?
+            .tcp_sockets(TCP_ALL_STATES)
+            .map_err(|e| format!("sock_diag dump failed: {e}"))?;
+        let same = |a: IpAddr| crate::attribution::overlaps(a, daddr, false) && !a.is_unspecified();
+        let mut pool = PoolUse {
+            in_use: 0,
+            by_state: Default::default(),
+            capacity: u64::from(
+                (u32::from(cfg.high) + 1)
+                    .saturating_sub(u32::from(cfg.low))
+                    .saturating_sub(cfg.reserved.count_within(cfg.low, cfg.high)),
+            ),
+            range_low: cfg.low,
+            range_high: cfg.high,
+        };
+        for e in sockets {
+            if e.dport != dport
+                || !same(e.daddr)
+                || e.sport < cfg.low
+                || e.sport > cfg.high
+                || cfg.reserved.contains(e.sport)
+            {
+                continue;
+            }
+            let state = TcpState::from_kernel(e.state).map_or("?", |s| s.name());
+            *pool.by_state.entry(state.to_owned()).or_default() += 1;
+            pool.in_use += 1;
+        }
+        Ok(pool)
     }
 
     fn warn_once(&mut self, kind: &'static str, msg: std::fmt::Arguments<'_>) {
@@ -128,6 +208,19 @@ impl SocketProbe for LiveSockets {
                 vec![None; tuples.len()]
             }
         }
+    }
+
+    fn pool(&mut self, netns: Option<u64>, daddr: IpAddr, dport: u16) -> Result<PoolUse, String> {
+        let key = (netns, daddr, dport);
+        if let Some((at, pool)) = self.pools.get(&key) {
+            if at.elapsed() < POOL_TTL {
+                return Ok(pool.clone());
+            }
+        }
+        let pool = self.pool_now(netns, daddr, dport)?;
+        self.pools
+            .put(key, (std::time::Instant::now(), pool.clone()));
+        Ok(pool)
     }
 
     fn on_port(&mut self, netns: Option<u64>, port: u16) -> Result<Vec<PortSocket>, String> {

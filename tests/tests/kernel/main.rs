@@ -5,5 +5,6 @@
 mod doctor;
 mod history;
 mod netns;
+mod pools;
 mod trace;
 mod who;

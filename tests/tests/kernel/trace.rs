@@ -316,7 +316,11 @@ print("OK=%d" % len(conns), flush=True)
         .as_array()
         .and_then(|p| p.iter().find(|p| p["pid"] == client))
         .context("client in summary")?;
-    ensure!(p["connect_failures"]["EADDRNOTAVAIL"] == 1, "{p}");
+    let f = &p["connect_failures"][0];
+    ensure!(
+        f["errno"] == "EADDRNOTAVAIL" && f["count"] == 1 && f["dport"] == 23432,
+        "{p}"
+    );
     Ok(())
 }
 

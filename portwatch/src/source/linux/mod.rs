@@ -211,6 +211,61 @@ impl LinuxCollector {
         &self.mechanisms
     }
 
+    /// Tells the kernel side about listeners that predate the trace, so that
+    /// the connections they accept are attributed from their first event
+    /// (and `--pid` keeps them). Entries are marked as seeded (count 0): a
+    /// listen() the trace sees on the same key replaces them.
+    pub fn seed_listeners(
+        &mut self,
+        listeners: &[crate::system::snapshot::SeedListener],
+    ) -> Result<usize, CollectorError> {
+        use portwatch_common::{ListenKey, Listener, Owner, AF_INET, AF_INET6};
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(0);
+        };
+        let map = ebpf
+            .map_mut("LISTENERS")
+            .ok_or(CollectorError::Missing("map LISTENERS"))?;
+        let mut map: BpfHashMap<_, ListenKey, Listener> = BpfHashMap::try_from(map)?;
+        let mut n = 0;
+        for l in listeners {
+            let Ok(netns) = u32::try_from(l.netns) else {
+                continue;
+            };
+            let (family, addr) = match l.addr {
+                std::net::IpAddr::V4(a) => {
+                    let mut b = [0u8; 16];
+                    b[..4].copy_from_slice(&a.octets());
+                    (AF_INET, b)
+                }
+                std::net::IpAddr::V6(a) => (AF_INET6, a.octets()),
+            };
+            let key = ListenKey {
+                netns,
+                family,
+                port: l.port,
+                addr,
+            };
+            let mut owner = Owner::zeroed();
+            if let Some(o) = &l.owner {
+                owner.tgid = o.pid;
+                owner.tid = o.pid;
+                owner.uid = o.uid;
+                let comm = o.comm.as_bytes();
+                let len = comm.len().min(owner.comm.len() - 1);
+                owner.comm[..len].copy_from_slice(&comm[..len]);
+            }
+            let value = Listener {
+                owner,
+                count: 0,
+                ambiguous: u32::from(l.owner.is_none()),
+            };
+            map.insert(key, value, 0)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Detaches the programs, then drains what the ring still holds, so that
     /// nothing observed before the stop is lost.
     pub async fn stop(mut self) -> Result<(), CollectorError> {
