@@ -62,6 +62,13 @@ pub mod flags {
     /// An accepted child of a listening address that several processes
     /// listen on (SO_REUSEPORT): which one accepts it is unknown.
     pub const AMBIGUOUS_LISTENER: u8 = 1 << 5;
+    /// For BIND events from the cgroup bind4/bind6 hook: the attempt, before
+    /// the kernel decided (`ret` means nothing). A BIND_CONFIRMED from the
+    /// same thread follows when the bind succeeded; none when it failed.
+    pub const BIND_ATTEMPT: u8 = 1 << 6;
+    /// For BIND events from the cgroup post_bind4/post_bind6 hook: the bind
+    /// succeeded (addresses are the ones bound).
+    pub const BIND_CONFIRMED: u8 = 1 << 7;
 }
 
 /// The process a socket is attributed to.

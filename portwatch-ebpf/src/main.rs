@@ -10,6 +10,8 @@
 #[cfg(target_arch = "bpf")]
 mod bind;
 #[cfg(target_arch = "bpf")]
+mod cgroup;
+#[cfg(target_arch = "bpf")]
 mod common;
 #[cfg(target_arch = "bpf")]
 mod connect;

@@ -20,9 +20,10 @@ pub enum Command {
     /// or --duration). Needs root, or CAP_BPF and CAP_PERFMON.
     ///
     /// It picks, per kind of event, the cheapest hook the kernel accepts
-    /// (fexit/fentry, then kprobes, then syscall tracepoints) and says which
-    /// on stderr. PORTWATCH_HOOKS=kprobe,tracepoint (any of fexit, kprobe,
-    /// tracepoint) narrows the choice.
+    /// (fexit/fentry, then kprobes, then cgroup hooks for bind and the state
+    /// tracepoint for connect outcomes, then syscall tracepoints) and says
+    /// which on stderr. PORTWATCH_HOOKS=kprobe,tracepoint (any of fexit,
+    /// kprobe, cgroup, tracepoint) narrows the choice.
     Trace(TraceArgs),
     /// Every socket on a port right now, TCP and UDP, IPv4 and IPv6, in every
     /// state including TIME_WAIT, with the owning process, user, command line

@@ -304,6 +304,10 @@ pub struct Event {
     /// Why `holder` (on EADDRINUSE) or `pool` could not be found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookup_error: Option<String>,
+    /// What about this event was inferred rather than reported by the
+    /// kernel (on hooks that cannot see a call's result), and from what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inferred: Option<String>,
     /// CLOCK_BOOTTIME of the event as the kernel stamped it (0 when not
     /// from the kernel); the journal keeps it as the time that no wall-clock
     /// step can move.
@@ -344,6 +348,7 @@ impl Event {
             side: None,
             pool: None,
             lookup_error: None,
+            inferred: None,
             boot_ns: 0,
         }
     }
@@ -416,4 +421,9 @@ pub struct Hints {
     /// A replayed event, already attributed once: check its chain, derive
     /// nothing again.
     pub replayed: bool,
+    /// A bind() attempt from a hook that cannot see its result; a
+    /// confirmation from the same thread follows if it succeeded.
+    pub bind_attempt: bool,
+    /// A bind() that succeeded, confirming the thread's attempt.
+    pub bind_confirmed: bool,
 }

@@ -14,6 +14,7 @@
 
 mod chain;
 mod holder;
+mod inferred;
 mod listeners;
 #[cfg(test)]
 mod tests;
@@ -232,6 +233,11 @@ pub struct Attributor<S, P> {
     /// the start-up snapshot; each is used (and forgotten) when the socket
     /// is first seen.
     preexisting: HashMap<NsTuple, Known>,
+    /// bind() attempts from cgroup hooks waiting for their confirmation.
+    pending_binds: inferred::PendingBinds,
+    /// Synthesize connect() outcomes from the state tracepoint (when no
+    /// hook reports them).
+    infer_connects: bool,
 }
 
 /// What the socket table says about a FIN_WAIT2/CLOSING -> CLOSE.
@@ -254,7 +260,16 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             prefetched: HashMap::new(),
             fw2_pending: HashMap::new(),
             preexisting: HashMap::new(),
+            pending_binds: inferred::PendingBinds::default(),
+            infer_connects: false,
         }
+    }
+
+    /// Report connect() outcomes read from the state tracepoint (the
+    /// collector serves connect that way).
+    pub fn infer_connects(mut self, on: bool) -> Self {
+        self.infer_connects = on;
+        self
     }
 
     /// A listener that existed before the trace; `owner` None when it is
@@ -322,6 +337,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// `final_check`: the trace ends, so forget the ones still waiting.
     pub fn poll(&mut self, now: i128, final_check: bool) -> Vec<Event> {
         let mut out = Vec::new();
+        self.expire_binds(now, final_check, &mut out);
         if self.fw2_pending.is_empty() {
             return out;
         }
@@ -364,7 +380,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
 
     /// Whether [`Attributor::poll`] has anything to re-check.
     pub fn has_pending(&self) -> bool {
-        !self.fw2_pending.is_empty()
+        !self.fw2_pending.is_empty() || !self.pending_binds.is_empty()
     }
 
     /// One message in, zero or more answers out.
@@ -548,6 +564,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             // Without the kernel's BTF: the owner's namespace, from /proc.
             ev.netns = self.netns_of(&ev);
         }
+        if !hints.replayed && self.pair_bind(&ev, hints, out) {
+            return;
+        }
         if matches!(ev.event, EventKind::State | EventKind::Listen) {
             self.follow_chain(&mut ev, hints, out);
         } else if ev.event == EventKind::Timewait && ev.side.is_none() {
@@ -572,6 +591,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             }
             EventKind::State => {
                 self.learn(&ev);
+                if self.infer_connects {
+                    self.infer_connect(&ev, out);
+                }
                 let closing = matches!(ev.old_state, Some(TcpState::FinWait2 | TcpState::Closing))
                     && ev.new_state == Some(TcpState::Close);
                 if !closing {
@@ -611,17 +633,22 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 out.push(ev);
             }
             EventKind::Connect if ev.errno_value() == Some(errno::EADDRNOTAVAIL) => {
-                let (Some(daddr), Some(dport)) = (ev.daddr, ev.dport) else {
-                    out.push(ev);
-                    return;
-                };
-                match self.sockets.pool(ev.netns, daddr, dport) {
-                    Ok(pool) => ev.pool = Some(pool),
-                    Err(why) => ev.lookup_error = Some(why),
-                }
+                self.add_pool(&mut ev);
                 out.push(ev);
             }
             _ => out.push(ev),
+        }
+    }
+
+    /// The destination's pool as it stands, on a connect() that found it
+    /// exhausted.
+    fn add_pool(&mut self, ev: &mut Event) {
+        let (Some(daddr), Some(dport)) = (ev.daddr, ev.dport) else {
+            return;
+        };
+        match self.sockets.pool(ev.netns, daddr, dport) {
+            Ok(pool) => ev.pool = Some(pool),
+            Err(why) => ev.lookup_error = Some(why),
         }
     }
 

@@ -528,3 +528,159 @@ fn listeners_are_told_apart_by_namespace_and_reuseport_is_ambiguous() {
     let out = a.process(msg(child));
     assert_eq!(out[0].pid, None, "{:?}", out[0]);
 }
+
+fn bind_hook(pid: u32, time: i128, port: u16, attempt: bool) -> SourceMsg {
+    let mut ev = Event::new(time, EventKind::Bind);
+    ev.pid = Some(pid);
+    ev.tid = Some(pid);
+    ev.comm = Some("server".into());
+    ev.family = Some(Family::Ipv4);
+    ev.protocol = Some(Protocol::Tcp);
+    ev.saddr = Some(ip("0.0.0.0"));
+    ev.sport = Some(port);
+    ev.attribution = Attribution::Current;
+    SourceMsg::Event(
+        ev,
+        Hints {
+            bind_attempt: attempt,
+            bind_confirmed: !attempt,
+            ..Hints::default()
+        },
+    )
+}
+
+/// cgroup hooks see a bind's attempt and, when it succeeds, its
+/// confirmation: one bind event either way, the failure marked inferred.
+#[test]
+fn cgroup_bind_attempts_pair_with_their_confirmations() {
+    let mut sockets = FakeSockets::default();
+    sockets.ports.insert(
+        8080,
+        vec![PortSocket {
+            protocol: Protocol::Tcp,
+            state: Some(TcpState::Listen),
+            saddr: ip("0.0.0.0"),
+            sport: 8080,
+            daddr: ip("0.0.0.0"),
+            dport: 0,
+            pid: Some(5),
+            comm: Some("nginx".into()),
+            v6only: false,
+        }],
+    );
+    let mut a = Attributor::new(sockets, FakeProcs(0));
+    // Confirmed: ok.
+    assert!(a.process(bind_hook(5, 1_000, 8080, true)).is_empty());
+    assert!(a.has_pending());
+    let out = a.process(bind_hook(5, 1_010, 8080, false));
+    assert_eq!((out.len(), out[0].ret), (1, Some(0)));
+    assert_eq!(out[0].inferred, None);
+    // No confirmation, and the port is held: EADDRINUSE, inferred, with
+    // the holder; resolved by the next event stamped well after it.
+    assert!(a.process(bind_hook(6, 2_000_000, 8080, true)).is_empty());
+    let later = msg(state(7, TcpState::Established, TcpState::FinWait1, 1, 2));
+    let out = a.process(SourceMsg::Event(
+        Event {
+            time: 10_000_000,
+            ..match later {
+                SourceMsg::Event(e, _) => e,
+                _ => unreachable!(),
+            }
+        },
+        Hints::default(),
+    ));
+    assert_eq!(out[0].event, EventKind::Bind, "{out:#?}");
+    assert_eq!(out[0].errno.as_deref(), Some("EADDRINUSE"));
+    assert_eq!(out[0].holder.as_ref().and_then(|h| h.pid), Some(5));
+    assert!(out[0]
+        .inferred
+        .as_deref()
+        .is_some_and(|i| i.contains("no post_bind")));
+    // No confirmation and nothing holds the port: a failure of unknown errno.
+    assert!(a.process(bind_hook(8, 20_000_000, 9999, true)).is_empty());
+    let out = a.poll(20_000_000 + 300_000_000, false);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].ret, out[0].errno.as_deref()), (None, None));
+    assert!(out[0]
+        .inferred
+        .as_deref()
+        .is_some_and(|i| i.contains("errno unknown")));
+    assert!(!a.has_pending());
+}
+
+/// Without a connect hook, outcomes come from the client's transitions.
+#[test]
+fn connect_outcomes_are_inferred_from_the_state_tracepoint() {
+    use TcpState::*;
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0)).infer_connects(true);
+    let out = a.process(msg(sock_state(
+        9,
+        1,
+        Attribution::Current,
+        Close,
+        SynSent,
+        (0, 443),
+    )));
+    assert_eq!(out.len(), 1);
+    let out = a.process(msg(sock_state(
+        9,
+        1,
+        Attribution::Remembered,
+        SynSent,
+        Established,
+        (40001, 443),
+    )));
+    let c: Vec<&Event> = out
+        .iter()
+        .filter(|e| e.event == EventKind::Connect)
+        .collect();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].ret, c[0].dport, c[0].pid),
+        (Some(0), Some(443), Some(1))
+    );
+    assert!(c[0].inferred.is_some());
+    // The ephemeral range ran out: SYN_SENT -> CLOSE with no local port.
+    a.process(msg(sock_state(
+        10,
+        1,
+        Attribution::Current,
+        Close,
+        SynSent,
+        (0, 443),
+    )));
+    let out = a.process(msg(sock_state(
+        10,
+        1,
+        Attribution::Remembered,
+        SynSent,
+        Close,
+        (0, 443),
+    )));
+    let c: Vec<&Event> = out
+        .iter()
+        .filter(|e| e.event == EventKind::Connect)
+        .collect();
+    assert_eq!(c[0].errno.as_deref(), Some("EADDRNOTAVAIL"));
+    // A refused connect (local port set) is not guessed at.
+    a.process(msg(sock_state(
+        11,
+        1,
+        Attribution::Current,
+        Close,
+        SynSent,
+        (0, 443),
+    )));
+    let out = a.process(msg(sock_state(
+        11,
+        1,
+        Attribution::Remembered,
+        SynSent,
+        Close,
+        (40002, 443),
+    )));
+    assert!(
+        out.iter().all(|e| e.event != EventKind::Connect),
+        "{out:#?}"
+    );
+}

@@ -291,10 +291,10 @@ pub fn capability_findings(c: &KernelCaps) -> Vec<Finding> {
                 .extra
                 .iter()
                 .find(|a| a.mechanism == HookKind::CgroupSockAddr);
-            if cgroup.is_some_and(|a| a.loads) {
+            if cgroup.is_some_and(|a| !a.loads) {
                 out.push(Finding::new(
                     Info,
-                    "cgroup sock_addr programs load here: they hook bind()/connect() per call without taxing every syscall, but portwatch does not use them yet",
+                    "cgroup sock_addr programs do not load here: they would hook bind() per call without taxing every syscall",
                     None,
                 ));
             }
@@ -712,14 +712,7 @@ pub fn write_text(
                     },
                     &format!("{loads:<6}"),
                 );
-                let mut reason = m.reason.unwrap_or_default();
-                if matches!(m.mechanism, HookKind::CgroupSockAddr | HookKind::CgroupSock) {
-                    reason = if reason.is_empty() {
-                        "program type loads (not used by portwatch yet)".into()
-                    } else {
-                        reason
-                    };
-                }
+                let reason = m.reason.unwrap_or_default();
                 let line = format!("  {:<20} {styled} {reason}", m.mechanism.label());
                 writeln!(w, "{}", line.trim_end())?;
             }

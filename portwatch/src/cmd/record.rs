@@ -92,7 +92,8 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let mut attributor = Attributor::new(
         LiveSockets::new(netns.clone()),
         LiveProcesses::new(netns.clone()),
-    );
+    )
+    .infer_connects(crate::source::connects_inferred(collector.mechanisms()));
     super::seed(&mut collector, &mut attributor, &netns);
     eprintln!(
         "portwatch: attached {}; recording to {}",

@@ -109,7 +109,8 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     let mut attributor = Attributor::new(
         LiveSockets::new(netns.clone()),
         LiveProcesses::new(netns.clone()),
-    );
+    )
+    .infer_connects(crate::source::connects_inferred(collector.mechanisms()));
     super::seed(&mut collector, &mut attributor, &netns);
     eprintln!(
         "portwatch: attached {}",

@@ -143,6 +143,14 @@ impl HookTable {
     }
 }
 
+/// Whether connect() outcomes come from the state tracepoint (no hook on
+/// connect itself loaded): attribution then infers them.
+pub fn connects_inferred(mechanisms: &[Mechanism]) -> bool {
+    mechanisms
+        .iter()
+        .any(|m| m.what == "connect" && m.how.starts_with("state tracepoint"))
+}
+
 /// `state=tracepoint sock:inet_sock_set_state, bind=...`
 pub fn describe(mechanisms: &[Mechanism]) -> String {
     mechanisms

@@ -264,7 +264,8 @@ fn doctor_capabilities_match_this_kernel_and_what_trace_attaches() -> Result<()>
     );
 
     // Consistent with the kernel, not hard-coded: without the kprobe PMU no
-    // kprobe loads, and bind/connect use fexit or else syscall tracepoints.
+    // kprobe loads; bind/connect use fexit, else kprobes, else bind uses
+    // cgroup hooks and connect the state tracepoint, else syscall tracepoints.
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
     ensure!(caps["kprobe_pmu"] == kprobes, "{caps}");
     ensure!(caps["mechanisms"]["kprobe"]["loads"] == kprobes, "{caps}");
@@ -272,10 +273,15 @@ fn doctor_capabilities_match_this_kernel_and_what_trace_attaches() -> Result<()>
         let e = &events[ev];
         let m = e["mechanism"].as_str().context("mechanism")?;
         let fexit = caps["mechanisms"]["fexit"]["loads"] == true;
+        let cgroup = caps["mechanisms"]["cgroup_sock_addr"]["loads"] == true;
         let expected = if fexit {
             "fexit"
         } else if kprobes {
             "kprobe"
+        } else if ev == "connect" {
+            "tracepoint"
+        } else if cgroup {
+            "cgroup_sock_addr"
         } else {
             "syscall_tracepoints"
         };
@@ -293,9 +299,12 @@ fn doctor_capabilities_match_this_kernel_and_what_trace_attaches() -> Result<()>
                 .as_str()
                 .is_some_and(|m| m.contains("measured on the development host"))
     });
+    let taxed = ["bind", "connect"]
+        .iter()
+        .any(|ev| events[*ev]["mechanism"] == "syscall_tracepoints");
     ensure!(
-        tax_warning == (events["bind"]["mechanism"] == "syscall_tracepoints"),
-        "syscall-tracepoint warning should appear exactly when bind uses them: {:#?}",
+        tax_warning == taxed,
+        "syscall-tracepoint warning should appear exactly when bind or connect uses them: {:#?}",
         findings(&doc)
     );
     if !kprobes {

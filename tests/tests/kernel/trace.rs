@@ -546,3 +546,63 @@ print("INNER_TW=%d" % len([l for l in out.splitlines() if l.strip()]), flush=Tru
     ensure!(bind["holder"]["pid"] == server, "{bind}");
     Ok(())
 }
+
+/// connect() and bind() submitted through io_uring never pass the syscall
+/// tracepoints; every hook portwatch chooses must see them. A 4-port range:
+/// three io_uring connects fail with EADDRNOTAVAIL, then an io_uring bind
+/// to the taken port fails with EADDRINUSE (IORING_OP_BIND: Linux 6.11+).
+#[test]
+fn io_uring_connect_and_bind_failures_are_reported() -> Result<()> {
+    skip_unless_kernel!();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/uring.c");
+    let dir = tempfile::tempdir().context("tmp")?;
+    let bin = dir.path().join("uring");
+    let gcc = std::process::Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&bin)
+        .arg(src)
+        .output();
+    match gcc {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => anyhow::bail!("gcc failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            eprintln!("SKIPPED: no C compiler to build the io_uring client ({e})");
+            return Ok(());
+        }
+    }
+    let py = format!(
+        "import subprocess, sys\nr = subprocess.run([{:?}, '24300'], capture_output=True, text=True)\nprint(r.stdout, flush=True)\nsys.stderr.write(r.stderr)\nsys.exit(r.returncode)\n",
+        bin.to_string_lossy()
+    );
+    let run = traced_run(
+        "sysctl -qw net.ipv4.ip_local_port_range='41000 41003'",
+        &["--port", "24300", "--errors"],
+        &py,
+    )?;
+    check_clean_exit(&run)?;
+    let pid = run.var("PID").context("pid")?;
+    ensure!(run.var("CONNECT_FAILED") == Some(3), "{}", run.workload);
+    let failed: Vec<&Value> = run
+        .of_kind("connect")
+        .filter(|e| e["errno"] == "EADDRNOTAVAIL")
+        .collect();
+    ensure!(
+        failed.len() == 3
+            && failed
+                .iter()
+                .all(|e| e["pid"] == pid && e["dport"] == 24300),
+        "three io_uring connects failed: {:#?}",
+        run.events
+    );
+    if run.var("BIND_UNSUPPORTED").is_some() {
+        eprintln!("SKIPPED (bind part): this kernel has no IORING_OP_BIND (Linux 6.11+)");
+        return Ok(());
+    }
+    ensure!(run.var("BIND_ERRNO") == Some(98), "{}", run.workload);
+    let bind = run
+        .of_kind("bind")
+        .find(|e| e["errno"] == "EADDRINUSE")
+        .with_context(|| format!("the io_uring bind failure: {:#?}", run.events))?;
+    ensure!(bind["pid"] == pid && bind["holder"]["pid"] == pid, "{bind}");
+    Ok(())
+}

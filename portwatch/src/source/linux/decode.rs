@@ -243,6 +243,8 @@ pub fn decode(raw: &RawEvent, clock: &Clock) -> Result<(Event, Hints), DecodeErr
         stale_owner: raw.flags & flags::STALE_OWNER != 0,
         ambiguous_listener: raw.flags & flags::AMBIGUOUS_LISTENER != 0,
         replayed: false,
+        bind_attempt: raw.kind == kind::BIND && raw.flags & flags::BIND_ATTEMPT != 0,
+        bind_confirmed: raw.kind == kind::BIND && raw.flags & flags::BIND_CONFIRMED != 0,
     };
     Ok((ev, hints))
 }

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use aya::maps::MapType;
-use aya::programs::{FEntry, FExit, KProbe, ProgramType, TracePoint};
+use aya::programs::{
+    CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe, ProgramType, TracePoint,
+};
 use aya::sys::{is_map_supported, is_program_supported};
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -140,6 +142,41 @@ fn kprobe(ebpf: &mut Ebpf, prog: &str, funcs: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// Loads each cgroup program and attaches it to the cgroup v2 root, where it
+/// sees every process on the machine. aya attaches through a BPF link
+/// (Linux 5.7+), which the kernel always attaches in multi mode: programs
+/// that other software (systemd) attached there keep running. The link's
+/// flags must be 0 (`Single` here): the kernel refuses BPF_F_ALLOW_MULTI on
+/// a link with EINVAL.
+fn cgroup(ebpf: &mut Ebpf, addr_progs: &[&str], sock_progs: &[&str]) -> Result<(), String> {
+    let root = crate::system::cgroup2_mount()
+        .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_owned())?;
+    let dir = std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
+    for prog in addr_progs {
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| format!("program {prog} missing"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        p.load()
+            .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
+        p.attach(&dir, CgroupAttachMode::Single)
+            .map_err(|e| format!("attach {prog} to {}: {}", root.display(), error_chain(&e)))?;
+    }
+    for prog in sock_progs {
+        let p: &mut CgroupSock = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| format!("program {prog} missing"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        p.load()
+            .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
+        p.attach(&dir, CgroupAttachMode::Single)
+            .map_err(|e| format!("attach {prog} to {}: {}", root.display(), error_chain(&e)))?;
+    }
+    Ok(())
+}
+
 /// Undoes a partly attached variant so that a fallback does not double-report.
 fn unload(ebpf: &mut Ebpf, progs: &[&str]) {
     for name in progs {
@@ -149,6 +186,8 @@ fn unload(ebpf: &mut Ebpf, progs: &[&str]) {
                 aya::programs::Program::FExit(p) => p.unload(),
                 aya::programs::Program::FEntry(p) => p.unload(),
                 aya::programs::Program::TracePoint(p) => p.unload(),
+                aya::programs::Program::CgroupSockAddr(p) => p.unload(),
+                aya::programs::Program::CgroupSock(p) => p.unload(),
                 _ => Ok(()),
             };
         }
@@ -214,6 +253,8 @@ pub struct AllowedHooks {
     /// fentry and fexit.
     pub fexit: bool,
     pub kprobe: bool,
+    /// cgroup sock_addr/sock programs (bind).
+    pub cgroup: bool,
     /// The syscall tracepoints (the state tracepoint is always used).
     pub tracepoint: bool,
 }
@@ -226,11 +267,12 @@ impl AllowedHooks {
     pub const ALL: AllowedHooks = AllowedHooks {
         fexit: true,
         kprobe: true,
+        cgroup: true,
         tracepoint: true,
     };
 
     /// Parses a comma-separated list of `fexit` (also `fentry`), `kprobe`,
-    /// `tracepoint`; empty means all.
+    /// `cgroup`, `tracepoint`; empty means all.
     pub fn parse(list: &str) -> Result<Self, String> {
         if list.trim().is_empty() {
             return Ok(Self::ALL);
@@ -238,16 +280,18 @@ impl AllowedHooks {
         let mut a = AllowedHooks {
             fexit: false,
             kprobe: false,
+            cgroup: false,
             tracepoint: false,
         };
         for word in list.split(',').map(str::trim) {
             match word {
                 "fexit" | "fentry" => a.fexit = true,
                 "kprobe" => a.kprobe = true,
+                "cgroup" => a.cgroup = true,
                 "tracepoint" => a.tracepoint = true,
                 other => {
                     return Err(format!(
-                        "unknown hook kind `{other}` (expected fexit, kprobe, tracepoint)"
+                        "unknown hook kind `{other}` (expected fexit, kprobe, cgroup, tracepoint)"
                     ))
                 }
             }
@@ -268,7 +312,8 @@ impl AllowedHooks {
             HookKind::Fentry | HookKind::Fexit => self.fexit,
             HookKind::Kprobe => self.kprobe,
             HookKind::SyscallTracepoints => self.tracepoint,
-            HookKind::Tracepoint | HookKind::CgroupSockAddr | HookKind::CgroupSock => true,
+            HookKind::CgroupSockAddr | HookKind::CgroupSock => self.cgroup,
+            HookKind::Tracepoint => true,
         }
     }
 }
@@ -327,43 +372,67 @@ fn plans(btf: &Result<Btf, String>) -> Vec<Plan<'_>> {
     });
 
     for call in CALL_HOOKS {
+        let mut variants = vec![
+            Variant {
+                how: format!("fexit {}", call.funcs.join("+")),
+                kind: HookKind::Fexit,
+                progs: call.fexit_progs,
+                attach: Box::new(move |e: &mut Ebpf| {
+                    let btf = btf.as_ref().map_err(Clone::clone)?;
+                    call.fexit_progs
+                        .iter()
+                        .zip(call.funcs)
+                        .try_for_each(|(p, f)| fexit(e, btf, p, f))
+                }),
+            },
+            Variant {
+                how: format!("kprobe+kretprobe {}", call.funcs.join("+")),
+                kind: HookKind::Kprobe,
+                progs: call.kprobe_progs,
+                attach: Box::new(move |e: &mut Ebpf| {
+                    call.kprobe_progs
+                        .iter()
+                        .try_for_each(|p| kprobe(e, p, call.funcs))
+                }),
+            },
+        ];
+        // Neither fexit nor kprobes: hooks that cost other system calls
+        // nothing, before the syscall tracepoints that tax them all.
+        match call.what {
+            "bind" => variants.push(Variant {
+                how: "cgroup bind4+bind6+post_bind4+post_bind6 (errno inferred)".into(),
+                kind: HookKind::CgroupSockAddr,
+                progs: &["cg_bind4", "cg_bind6", "cg_post_bind4", "cg_post_bind6"],
+                attach: Box::new(|e: &mut Ebpf| {
+                    cgroup(
+                        e,
+                        &["cg_bind4", "cg_bind6"],
+                        &["cg_post_bind4", "cg_post_bind6"],
+                    )
+                }),
+            }),
+            "connect" => variants.push(Variant {
+                how: "state tracepoint (outcomes inferred)".into(),
+                kind: HookKind::Tracepoint,
+                progs: &[],
+                attach: Box::new(|_: &mut Ebpf| Ok(())),
+            }),
+            _ => {}
+        }
+        variants.push(Variant {
+            how: format!("tracepoint syscalls:{}", call.syscall_tps.join("+")),
+            kind: HookKind::SyscallTracepoints,
+            progs: call.syscall_tps,
+            attach: Box::new(move |e: &mut Ebpf| {
+                call.syscall_tps
+                    .iter()
+                    .try_for_each(|tp| tracepoint(e, tp, "syscalls", tp))
+            }),
+        });
         plans.push(Plan {
             what: call.what,
             failure: call.what,
-            variants: vec![
-                Variant {
-                    how: format!("fexit {}", call.funcs.join("+")),
-                    kind: HookKind::Fexit,
-                    progs: call.fexit_progs,
-                    attach: Box::new(move |e: &mut Ebpf| {
-                        let btf = btf.as_ref().map_err(Clone::clone)?;
-                        call.fexit_progs
-                            .iter()
-                            .zip(call.funcs)
-                            .try_for_each(|(p, f)| fexit(e, btf, p, f))
-                    }),
-                },
-                Variant {
-                    how: format!("kprobe+kretprobe {}", call.funcs.join("+")),
-                    kind: HookKind::Kprobe,
-                    progs: call.kprobe_progs,
-                    attach: Box::new(move |e: &mut Ebpf| {
-                        call.kprobe_progs
-                            .iter()
-                            .try_for_each(|p| kprobe(e, p, call.funcs))
-                    }),
-                },
-                Variant {
-                    how: format!("tracepoint syscalls:{}", call.syscall_tps.join("+")),
-                    kind: HookKind::SyscallTracepoints,
-                    progs: call.syscall_tps,
-                    attach: Box::new(move |e: &mut Ebpf| {
-                        call.syscall_tps
-                            .iter()
-                            .try_for_each(|tp| tracepoint(e, tp, "syscalls", tp))
-                    }),
-                },
-            ],
+            variants,
             fallback: None,
         });
     }
