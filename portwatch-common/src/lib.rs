@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped on any change to [`RawEvent`] or [`Owner`].
-pub const EVENT_VERSION: u16 = 2;
+pub const EVENT_VERSION: u16 = 3;
 
 pub const TASK_COMM_LEN: usize = 16;
 
@@ -71,6 +71,31 @@ pub mod flags {
     pub const BIND_CONFIRMED: u8 = 1 << 7;
 }
 
+/// How a socket was born: it connected, or a listener accepted it.
+pub mod side {
+    pub const CLIENT: u8 = 1;
+    pub const SERVER: u8 = 2;
+}
+
+/// Values of [`Filter::mode`].
+pub mod mode {
+    /// Every event crosses the ring.
+    pub const FULL: u32 = 0;
+    /// Aggregate in the kernel: events are counted per process there, and
+    /// only the rare ones (listens, closes that may be TIME_WAIT, failures)
+    /// cross the ring.
+    pub const AGGREGATE: u32 = 1;
+}
+
+/// Per process (tgid), per CPU: events counted in the kernel in aggregate
+/// mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcCount {
+    pub events: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
 /// The process a socket is attributed to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +106,9 @@ pub struct Owner {
     /// In the owner map: the last state the socket was seen entering, so a
     /// later transition that cannot follow it exposes a stale entry.
     pub state: u8,
-    pub _pad: [u8; 3],
+    /// In the owner map: how the socket was born ([`side`]).
+    pub side: u8,
+    pub _pad: [u8; 2],
     pub cgroup_id: u64,
     pub comm: [u8; TASK_COMM_LEN],
 }
@@ -93,7 +120,8 @@ impl Owner {
             tid: 0,
             uid: 0,
             state: 0,
-            _pad: [0; 3],
+            side: 0,
+            _pad: [0; 2],
             cgroup_id: 0,
             comm: [0; TASK_COMM_LEN],
         }
@@ -181,7 +209,8 @@ pub struct RawEvent {
     pub new_state: u8,
     pub sport: u16,
     pub dport: u16,
-    pub _pad0: u16,
+    /// [`side`] of the socket, when known.
+    pub side: u16,
     /// 0 or -errno for BIND and CONNECT; 0 for STATE.
     pub ret: i32,
     /// Inode of the socket's network namespace; 0 when it could not be read.
@@ -207,7 +236,7 @@ impl RawEvent {
             new_state: 0,
             sport: 0,
             dport: 0,
-            _pad0: 0,
+            side: 0,
             ret: 0,
             netns: 0,
             ts_ns: 0,
@@ -247,7 +276,8 @@ pub struct Filter {
     pub ports_enabled: u32,
     /// Only events of sockets in this network namespace (inode); 0 = all.
     pub netns: u32,
-    pub _pad: u32,
+    /// [`mode`].
+    pub mode: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Owner>() == 40);
@@ -257,6 +287,7 @@ const _: () = assert!(core::mem::size_of::<Filter>() == 16);
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 24);
 const _: () = assert!(core::mem::size_of::<Listener>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<ProcCount>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -268,4 +299,5 @@ mod pod {
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ProcCount {}
 }

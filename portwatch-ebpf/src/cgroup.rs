@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{flags, kind, AF_INET, AF_INET6};
 
-use crate::common::{current_owner, offsets, submit, task_netns, wanted};
+use crate::common::{aggregating, count_event, current_owner, offsets, submit, task_netns, wanted};
 
 /// Reads a context field with one load at a constant offset: the verifier
 /// refuses loads through a pointer derived from the context.
@@ -111,6 +111,9 @@ fn emit(family: u16, protocol: u16, port: u16, addr: [u8; 16], flag: u8) {
     let netns = task_netns(&offsets());
     if !wanted(owner.tgid, port, 0, netns) {
         return;
+    }
+    if aggregating() && flag == flags::BIND_ATTEMPT {
+        count_event(&owner);
     }
     submit(|ev| {
         ev.kind = kind::BIND;

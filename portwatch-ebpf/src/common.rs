@@ -7,13 +7,13 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
 use portwatch_common::{
-    offsets_valid as valid, Filter, KernelOffsets, ListenKey, Listener, Owner, PendingCall,
-    RawEvent, AF_INET, AF_INET6,
+    mode, offsets_valid as valid, Filter, KernelOffsets, ListenKey, Listener, Owner, PendingCall,
+    ProcCount, RawEvent, AF_INET, AF_INET6,
 };
 
 /// Default 4 MiB; userspace resizes it with `set_max_entries` before loading.
@@ -47,6 +47,32 @@ pub static PENDING_BIND: HashMap<u32, PendingCall> = HashMap::with_max_entries(8
 #[map]
 pub static PENDING_CONNECT: HashMap<u32, PendingCall> = HashMap::with_max_entries(8192, 0);
 
+/// Aggregate mode: events per process, counted here instead of sent.
+#[map]
+pub static PROC_COUNTS: LruPerCpuHashMap<u32, ProcCount> =
+    LruPerCpuHashMap::with_max_entries(16384, 0);
+
+/// Whether only the rare events cross the ring (the rest are counted).
+#[inline(always)]
+pub fn aggregating() -> bool {
+    filter().mode == mode::AGGREGATE
+}
+
+/// Counts one event of `owner` in PROC_COUNTS (aggregate mode).
+#[inline(always)]
+pub fn count_event(owner: &Owner) {
+    match PROC_COUNTS.get_ptr_mut(&owner.tgid) {
+        Some(c) => unsafe { (*c).events += 1 },
+        None => {
+            let c = ProcCount {
+                events: 1,
+                comm: owner.comm,
+            };
+            let _ = PROC_COUNTS.insert(&owner.tgid, &c, 0);
+        }
+    }
+}
+
 /// Ports to report when `FILTER.ports_enabled` is set.
 #[map]
 pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
@@ -57,7 +83,7 @@ static FILTER: Filter = Filter {
     pid: 0,
     ports_enabled: 0,
     netns: 0,
-    _pad: 0,
+    mode: 0,
 };
 
 /// Kernel struct offsets from the running kernel's BTF, set by userspace at
@@ -225,7 +251,8 @@ pub fn current_owner() -> Owner {
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         state: 0,
-        _pad: [0; 3],
+        side: 0,
+        _pad: [0; 2],
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
@@ -357,6 +384,13 @@ pub fn emit_call(kind: u8, call: &PendingCall, ret: i32) {
     };
     if !wanted(owner.tgid, sport, dport, netns) {
         return;
+    }
+    if aggregating() {
+        count_event(&owner);
+        // Successful connects are counted, not sent; binds are rare.
+        if kind == portwatch_common::kind::CONNECT && (ret == 0 || ret == -115) {
+            return;
+        }
     }
     let protocol = if call.flags & portwatch_common::flags::TCP_SEEN != 0 {
         portwatch_common::IPPROTO_TCP

@@ -4,11 +4,13 @@
 //! (a stable tracepoint ABI since 4.16).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use portwatch_common::{flags, kind, tcp_state as st, ListenKey, Listener, Owner, IPPROTO_TCP};
+use portwatch_common::{
+    flags, kind, side, tcp_state as st, ListenKey, Listener, Owner, IPPROTO_TCP,
+};
 
 use crate::common::{
-    current_owner, offsets, sock_netns, submit, tp_field, wanted, LISTENERS, OWNERS,
-    PENDING_CONNECT,
+    aggregating, count_event, current_owner, offsets, sock_netns, submit, tp_field, wanted,
+    LISTENERS, OWNERS, PENDING_CONNECT,
 };
 use crate::timewait::TW_PENDING;
 
@@ -56,9 +58,24 @@ fn in_process_context(old: u8, new: u8) -> bool {
     )
 }
 
+/// Transitions that still cross the ring in aggregate mode: listens, a
+/// listener's close, closes that may be TIME_WAIT (userspace confirms and
+/// charges them), and connects that found no free port. The rest are
+/// counted per process in the kernel.
+#[inline(always)]
+fn rare(old: u8, new: u8, sport: u16) -> bool {
+    matches!(
+        (old, new),
+        (st::CLOSE, st::LISTEN)
+            | (st::LISTEN, st::CLOSE)
+            | (st::FIN_WAIT2, st::CLOSE)
+            | (st::CLOSING, st::CLOSE)
+    ) || (old == st::SYN_SENT && new == st::CLOSE && sport == 0)
+}
+
 /// Word by word: a derived `==` on the comm array may become a memcmp call,
-/// which BPF has not. The `state` byte (the high half of word 1, after
-/// `uid`, on this little-endian target) is not part of who owns it.
+/// which BPF has not. The `state` and `side` bytes (the high half of word 1,
+/// after `uid`, on this little-endian target) are not part of who owns it.
 #[inline(always)]
 fn same_owner(a: &Owner, b: &Owner) -> bool {
     const WORDS: usize = core::mem::size_of::<Owner>() / 8;
@@ -184,6 +201,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let mut owner: Owner = if in_process_context(old, new) {
         let mut owner = current_owner();
         owner.state = new;
+        // A connect() is a client's birth; for other process-context
+        // transitions keep the side the socket was born with.
+        owner.side = match (old, new) {
+            (st::CLOSE, st::SYN_SENT) => side::CLIENT,
+            _ => unsafe { OWNERS.get(&skaddr) }.map_or(0, |o| o.side),
+        };
         // close() usually runs in the thread that connected or accepted: an
         // identical entry only needs its state moved on.
         match OWNERS.get_ptr_mut(&skaddr) {
@@ -233,13 +256,16 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         match listener_of(&mut key, &mut ev_flags) {
             Some(mut o) => {
                 o.state = new;
+                o.side = side::SERVER;
                 let _ = OWNERS.insert(&skaddr, &o, 0);
                 ev_flags |= flags::OWNER_REMEMBERED;
                 o
             }
             None => {
                 let _ = OWNERS.remove(&skaddr);
-                Owner::zeroed()
+                let mut o = Owner::zeroed();
+                o.side = side::SERVER;
+                o
             }
         }
     } else {
@@ -258,6 +284,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         }
     };
     owner.state = 0;
+    let sock_side = owner.side;
+    owner.side = 0;
 
     if (old == st::FIN_WAIT2 || old == st::CLOSING) && new == st::CLOSE {
         if unsafe { TW_PENDING.get(&skaddr) }.is_some() {
@@ -266,10 +294,16 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         }
     }
 
-    if wanted(owner.tgid, sport, dport, netns) {
+    let mut send = wanted(owner.tgid, sport, dport, netns);
+    if send && aggregating() {
+        count_event(&owner);
+        send = rare(old, new, sport);
+    }
+    if send {
         submit(|ev| {
             ev.kind = kind::STATE;
             ev.flags = ev_flags;
+            ev.side = u16::from(sock_side);
             ev.family = family;
             ev.protocol = protocol;
             ev.old_state = old;

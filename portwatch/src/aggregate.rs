@@ -78,6 +78,10 @@ pub struct Aggregator {
     range: Option<PortRange>,
     first: Option<i128>,
     last: Option<i128>,
+    /// Events counted per process in the kernel (aggregate mode): pid ->
+    /// (events, command name). They replace the counts of what crossed the
+    /// ring, which is only the rare part.
+    kernel_counts: Option<HashMap<u32, (u64, String)>>,
 }
 
 impl Aggregator {
@@ -159,6 +163,11 @@ impl Aggregator {
         }
     }
 
+    /// Events the kernel counted per process (aggregate mode).
+    pub fn set_kernel_counts(&mut self, counts: HashMap<u32, (u64, String)>) {
+        self.kernel_counts = Some(counts);
+    }
+
     /// Destinations clients connected to during the run.
     pub fn client_dests(&self) -> Vec<Dest> {
         self.client_dests.iter().copied().collect()
@@ -175,6 +184,22 @@ impl Aggregator {
     /// The summary as of `now` (wall-clock ns).
     pub fn summary(&mut self, now: i128) -> Summary {
         self.expire(now);
+        if let Some(counts) = self.kernel_counts.take() {
+            self.events = counts.values().map(|(n, _)| n).sum();
+            for (pid, (n, comm)) in counts {
+                let pid = (pid != 0).then_some(pid);
+                let key = self
+                    .procs
+                    .keys()
+                    .find(|k| k.pid == pid)
+                    .cloned()
+                    .unwrap_or(ProcKey {
+                        pid,
+                        comm: pid.map(|_| comm),
+                    });
+                self.procs.entry(key).or_default().events = n;
+            }
+        }
         let mut active: BTreeMap<Dest, u64> = BTreeMap::new();
         for (_, dest) in &self.recent_tw {
             *active.entry(*dest).or_default() += 1;
@@ -247,6 +272,7 @@ impl Aggregator {
             events: self.events,
             lost: self.lost,
             lost_by_reason: self.lost_by_reason.clone(),
+            ring_events: None,
             ephemeral_range: self.range,
             timewait_destinations: destinations,
             pools: Vec::new(),
@@ -350,6 +376,9 @@ pub struct Summary {
     pub events: u64,
     /// Every lost event, whatever the reason; `lost_by_reason` splits it.
     pub lost: u64,
+    /// Records that crossed the kernel's ring buffer (null in a replay): in
+    /// aggregate mode only the rare ones do, the rest are counted there.
+    pub ring_events: Option<u64>,
     pub lost_by_reason: LostByReason,
     /// portwatch's own namespace's range; each pool carries its own.
     pub ephemeral_range: Option<PortRange>,

@@ -18,6 +18,7 @@ pub struct Pipeline<S, P> {
     quiet: bool,
     /// Attributed events of the message being handled, reused.
     scratch: Vec<Event>,
+    ring_events: Option<u64>,
 }
 
 impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
@@ -34,6 +35,7 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
             sink,
             quiet: false,
             scratch: Vec::new(),
+            ring_events: None,
         }
     }
 
@@ -93,6 +95,7 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
             self.emit(&ev)?;
         }
         let mut summary = self.aggregator.summary(now);
+        summary.ring_events = self.ring_events;
         let dests = self.aggregator.client_dests();
         let mut pools: Vec<PoolSummary> = self
             .attributor
@@ -108,6 +111,16 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
         summary.pools = pools;
         self.sink.summary(&summary)?;
         self.sink.flush()
+    }
+
+    /// How many records crossed the ring buffer, for the summary.
+    pub fn set_ring_events(&mut self, n: u64) {
+        self.ring_events = Some(n);
+    }
+
+    /// Events the kernel counted per process (aggregate mode).
+    pub fn set_kernel_counts(&mut self, counts: std::collections::HashMap<u32, (u64, String)>) {
+        self.aggregator.set_kernel_counts(counts);
     }
 
     pub fn aggregator(&self) -> &Aggregator {

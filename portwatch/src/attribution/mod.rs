@@ -238,6 +238,9 @@ pub struct Attributor<S, P> {
     /// Synthesize connect() outcomes from the state tracepoint (when no
     /// hook reports them).
     infer_connects: bool,
+    /// Only some transitions arrive (the kernel aggregates the rest): a
+    /// chain with holes is expected, not a loss.
+    sparse: bool,
 }
 
 /// What the socket table says about a FIN_WAIT2/CLOSING -> CLOSE.
@@ -262,7 +265,15 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             preexisting: HashMap::new(),
             pending_binds: inferred::PendingBinds::default(),
             infer_connects: false,
+            sparse: false,
         }
+    }
+
+    /// The kernel sends only the rare transitions (aggregate mode): chains
+    /// are not followed for gaps, and owners are the kernel's.
+    pub fn sparse(mut self, on: bool) -> Self {
+        self.sparse = on;
+        self
     }
 
     /// Report connect() outcomes read from the state tracepoint (the
@@ -480,6 +491,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         let (Some(sock), Some(old), Some(new)) = (ev.sock, ev.old_state, ev.new_state) else {
             return;
         };
+        if self.sparse {
+            return;
+        }
         let birth = chain::is_birth(old, new);
         if birth {
             ev.side = Some(if old == TcpState::Listen {

@@ -1501,7 +1501,8 @@ mod tests {
         assert!(w[0].message.contains("measured on the development host"));
         assert!(w[0].message.contains("198 ns") && w[0].message.contains("244 ns"));
         assert!(w[0].fix.is_some());
-        assert_eq!(about(&fs, "cgroup sock_addr").len(), 1);
+        // The cgroup hooks load here: only a kernel where they do not is told so.
+        assert_eq!(about(&fs, "cgroup sock_addr").len(), 0);
         assert_eq!(about(&fs, "tcp_time_wait cannot be hooked").len(), 1);
         assert!(
             fs.iter().all(|f| f.severity != Severity::Critical),

@@ -96,6 +96,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         pid: args.pid,
         ports: args.ports.clone(),
         netns: netns_filter,
+        aggregate: args.summary_only,
         ring_bytes: args.ring_bytes,
         stall_reader: args.stall_reader_ms.map(std::time::Duration::from_millis),
         stall_until: args.stall_reader_until.clone(),
@@ -110,7 +111,8 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         LiveSockets::new(netns.clone()),
         LiveProcesses::new(netns.clone()),
     )
-    .infer_connects(crate::source::connects_inferred(collector.mechanisms()));
+    .infer_connects(crate::source::connects_inferred(collector.mechanisms()))
+    .sparse(cfg.aggregate);
     super::seed(&mut collector, &mut attributor, &netns);
     eprintln!(
         "portwatch: attached {}",
@@ -151,6 +153,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     }
 
     // Detach, then take what the ring still holds before summarising.
+    let ring_events = collector.ring_events();
     let stopper = tokio::spawn(collector.stop());
     while let Some(batch) = rx.recv().await {
         pipeline.prefetch(&batch);
@@ -160,10 +163,14 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
             }
         }
     }
-    stopper
+    let counts = stopper
         .await
         .context("the ring-buffer reader panicked")?
         .context("reading the ring buffer")?;
+    if cfg.aggregate {
+        pipeline.set_kernel_counts(counts);
+    }
+    pipeline.set_ring_events(ring_events.load(std::sync::atomic::Ordering::Relaxed));
     if open {
         quiet_on_broken_pipe(pipeline.finish(now_ns()))?;
     }

@@ -472,6 +472,15 @@ for _ in range(3):
         "{:#?}",
         filtered.events
     );
+    // In the kernel: nothing crossed the ring at all (a userspace filter
+    // would have read every event and dropped it).
+    let ring = |r: &integration_tests::Run| r.summary().and_then(|s| s["ring_events"].as_u64());
+    ensure!(ring(&filtered) == Some(0), "{:?}", filtered.summary());
+    ensure!(
+        ring(&unfiltered).is_some_and(|n| n > 10),
+        "{:?}",
+        unfiltered.summary()
+    );
     Ok(())
 }
 
@@ -604,5 +613,75 @@ fn io_uring_connect_and_bind_failures_are_reported() -> Result<()> {
         .find(|e| e["errno"] == "EADDRINUSE")
         .with_context(|| format!("the io_uring bind failure: {:#?}", run.events))?;
     ensure!(bind["pid"] == pid && bind["holder"]["pid"] == pid, "{bind}");
+    Ok(())
+}
+
+/// `--summary-only` aggregates in the kernel: the same workload gives the
+/// same per-process answers as the full trace, while only the rare events
+/// (closes that may be TIME_WAIT, listens) cross the ring buffer.
+#[test]
+fn summary_only_counts_in_the_kernel_and_agrees_with_the_full_trace() -> Result<()> {
+    skip_unless_kernel!();
+    const N: usize = 30;
+    let py = format!(
+        r#"
+import os, socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 24400)); srv.listen(64)
+print("CLIENT=%d" % os.getpid(), flush=True)
+for _ in range({N}):
+    c = socket.create_connection(("127.0.0.1", 24400)); s, _ = srv.accept()
+    c.close(); s.recv(1); s.close()
+"#
+    );
+    let full = traced_run("", &["--port", "24400"], &py)?;
+    check_clean_exit(&full)?;
+    let agg = traced_run("", &["--port", "24400", "--summary-only"], &py)?;
+    check_clean_exit(&agg)?;
+    ensure!(
+        agg.events.len() == 1,
+        "nothing but the summary: {:#?}",
+        agg.events
+    );
+    let (fs, ag) = (
+        full.summary().context("full summary")?,
+        agg.summary().context("aggregate summary")?,
+    );
+    let client_tw = |s: &Value, pid: u64| {
+        s["processes"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["pid"] == pid))
+            .map(|p| p["timewait"].clone())
+    };
+    let (fc, ac) = (
+        full.var("CLIENT").context("client")?,
+        agg.var("CLIENT").context("client")?,
+    );
+    ensure!(client_tw(fs, fc) == Some(N.into()), "{fs}");
+    ensure!(client_tw(ag, ac) == Some(N.into()), "{ag}");
+    // What the kernel reported in the full trace (not what attribution
+    // derived from it: TIME_WAIT and inferred connects) is what it counted.
+    let kernel_events = full
+        .events
+        .iter()
+        .filter(|e| match e["event"].as_str() {
+            Some("state" | "listen" | "bind") => true,
+            Some("connect") => e["inferred"].is_null(),
+            _ => false,
+        })
+        .count() as u64;
+    ensure!(
+        ag["events"] == kernel_events,
+        "the kernel counted {} events, the full trace saw {kernel_events}",
+        ag["events"]
+    );
+    let ring = ag["ring_events"].as_u64().context("ring_events")?;
+    ensure!(
+        ring <= (N as u64) * 2 && kernel_events >= (N as u64) * 10,
+        "{ring} of {kernel_events} events crossed the ring"
+    );
+    eprintln!(
+        "aggregate mode: {ring} of {kernel_events} events crossed the ring (full trace: {})",
+        fs["ring_events"]
+    );
     Ok(())
 }

@@ -174,7 +174,7 @@ fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
-fn comm(bytes: &[u8; 16]) -> String {
+pub fn comm(bytes: &[u8; 16]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
@@ -238,6 +238,11 @@ pub fn decode(raw: &RawEvent, clock: &Clock) -> Result<(Event, Hints), DecodeErr
             ev.set_ret(raw.ret);
         }
     }
+    ev.side = match raw.side as u8 {
+        portwatch_common::side::CLIENT => Some(crate::model::Side::Client),
+        portwatch_common::side::SERVER => Some(crate::model::Side::Server),
+        _ => None,
+    };
     let hints = Hints {
         timewait_confirmed: raw.flags & flags::TIMEWAIT_CONFIRMED != 0,
         stale_owner: raw.flags & flags::STALE_OWNER != 0,
@@ -275,7 +280,8 @@ mod tests {
                 tid: 4243,
                 uid: 1000,
                 state: 0,
-                _pad: [0; 3],
+                side: 0,
+                _pad: [0; 2],
                 cgroup_id: 7,
                 comm,
             },

@@ -58,6 +58,9 @@ pub struct CollectorConfig {
     pub ports: Vec<u16>,
     /// Only events of sockets in this network namespace (inode).
     pub netns: Option<u32>,
+    /// Count events per process in the kernel and send only the rare ones
+    /// (listens, closes that may be TIME_WAIT, failures): `--summary-only`.
+    pub aggregate: bool,
     /// Ring-buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: Option<u32>,
     /// Test-only: how long the reader waits before it first drains the ring,
@@ -98,6 +101,8 @@ pub struct LinuxCollector {
     mechanisms: Vec<Mechanism>,
     stop: watch::Sender<bool>,
     reader: Option<JoinHandle<Result<(), CollectorError>>>,
+    /// Records read from the ring buffer so far.
+    ring_events: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
@@ -125,7 +130,11 @@ impl LinuxCollector {
             pid: cfg.pid.unwrap_or(0),
             ports_enabled: u32::from(!cfg.ports.is_empty()),
             netns: cfg.netns.unwrap_or(0),
-            _pad: 0,
+            mode: if cfg.aggregate {
+                portwatch_common::mode::AGGREGATE
+            } else {
+                portwatch_common::mode::FULL
+            },
         };
         let ring_bytes = cfg.ring_bytes.unwrap_or(RING_BYTES);
         let wakeup_bytes = u64::from(ring_bytes / 4);
@@ -179,8 +188,10 @@ impl LinuxCollector {
         // AsyncFd that wraps it.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| CollectorError::Io(e.into()))?;
         let (stop, stop_rx) = watch::channel(false);
+        let ring_events = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let reader = tokio::spawn(read_loop(
             ring,
+            ring_events.clone(),
             Losses { ring: lost, progs },
             tx,
             stop_rx,
@@ -204,11 +215,46 @@ impl LinuxCollector {
             mechanisms,
             stop,
             reader: Some(reader),
+            ring_events,
         })
     }
 
     pub fn mechanisms(&self) -> &[Mechanism] {
         &self.mechanisms
+    }
+
+    /// A counter of the records read from the ring buffer, shared with the
+    /// reader (it goes on counting the final drain after `stop`).
+    pub fn ring_events(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.ring_events.clone()
+    }
+
+    /// Events counted in the kernel per process (aggregate mode): pid ->
+    /// (events, command name), summed over CPUs.
+    pub fn proc_counts(
+        &self,
+    ) -> Result<std::collections::HashMap<u32, (u64, String)>, CollectorError> {
+        use aya::maps::PerCpuHashMap;
+        use portwatch_common::ProcCount;
+        let mut out = std::collections::HashMap::new();
+        let Some(ebpf) = self.ebpf.as_ref() else {
+            return Ok(out);
+        };
+        let map = ebpf
+            .map("PROC_COUNTS")
+            .ok_or(CollectorError::Missing("map PROC_COUNTS"))?;
+        let counts: PerCpuHashMap<_, u32, ProcCount> = PerCpuHashMap::try_from(map)?;
+        for entry in counts.iter() {
+            let Ok((pid, per_cpu)) = entry else { continue };
+            let events = per_cpu.iter().map(|c| c.events).sum::<u64>();
+            let comm = per_cpu
+                .iter()
+                .find(|c| c.comm[0] != 0)
+                .map(|c| decode::comm(&c.comm))
+                .unwrap_or_default();
+            out.insert(pid, (events, comm));
+        }
+        Ok(out)
     }
 
     /// Tells the kernel side about listeners that predate the trace, so that
@@ -267,14 +313,32 @@ impl LinuxCollector {
     }
 
     /// Detaches the programs, then drains what the ring still holds, so that
-    /// nothing observed before the stop is lost.
-    pub async fn stop(mut self) -> Result<(), CollectorError> {
+    /// nothing observed before the stop is lost. Returns the events the
+    /// kernel counted per process (aggregate mode), read once nothing can
+    /// count any more.
+    pub async fn stop(
+        mut self,
+    ) -> Result<std::collections::HashMap<u32, (u64, String)>, CollectorError> {
+        if let Some(ebpf) = self.ebpf.as_mut() {
+            for (_, p) in ebpf.programs_mut() {
+                let _ = match p {
+                    aya::programs::Program::KProbe(p) => p.unload(),
+                    aya::programs::Program::FExit(p) => p.unload(),
+                    aya::programs::Program::FEntry(p) => p.unload(),
+                    aya::programs::Program::TracePoint(p) => p.unload(),
+                    aya::programs::Program::CgroupSockAddr(p) => p.unload(),
+                    aya::programs::Program::CgroupSock(p) => p.unload(),
+                    _ => Ok(()),
+                };
+            }
+        }
+        let counts = self.proc_counts().unwrap_or_default();
         drop(self.ebpf.take());
         let _ = self.stop.send(true);
-        match self.reader.take() {
-            Some(h) => h.await.unwrap_or(Ok(())),
-            None => Ok(()),
+        if let Some(h) = self.reader.take() {
+            h.await.unwrap_or(Ok(()))?;
         }
+        Ok(counts)
     }
 }
 
@@ -341,8 +405,10 @@ fn recursion_misses(prog: &ProgramFd) -> u64 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     mut ring: AsyncFd<RingBuf<MapData>>,
+    ring_events: std::sync::Arc<std::sync::atomic::AtomicU64>,
     losses: Losses,
     tx: mpsc::Sender<Batch>,
     mut stop: watch::Receiver<bool>,
@@ -353,6 +419,7 @@ async fn read_loop(
     let mut decoder = Decoder::new(Clock::new());
     let mut seen = (0u64, 0u64);
     let mut decode_errors = 0u64;
+    let count = |n: u64| ring_events.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     if let Some(d) = stall.time {
         tokio::time::sleep(d).await;
     }
@@ -368,7 +435,7 @@ async fn read_loop(
         let stopping = tokio::select! {
             r = ring.readable_mut() => {
                 let mut guard = r?;
-                match drain(guard.get_inner_mut(), &decoder, &tx, &mut decode_errors).await {
+                match drain(guard.get_inner_mut(), &decoder, &tx, &mut decode_errors, &count).await {
                     Drained::Closed => return Ok(()),
                     // Leave it marked readable: the next turn drains on,
                     // after other tasks have had theirs.
@@ -379,7 +446,7 @@ async fn read_loop(
             }
             _ = drain_tick.tick() => {
                 loop {
-                    match drain(ring.get_mut(), &decoder, &tx, &mut decode_errors).await {
+                    match drain(ring.get_mut(), &decoder, &tx, &mut decode_errors, &count).await {
                         Drained::Closed => return Ok(()),
                         Drained::More => tokio::task::yield_now().await,
                         Drained::Empty => break,
@@ -412,9 +479,9 @@ async fn read_loop(
             return Ok(());
         }
         if stopping {
-            while let Drained::More = drain(ring.get_mut(), &decoder, &tx, &mut decode_errors).await
-            {
-            }
+            while let Drained::More =
+                drain(ring.get_mut(), &decoder, &tx, &mut decode_errors, &count).await
+            {}
             if decode_errors > 0 {
                 log::warn!("{decode_errors} events could not be decoded and were skipped");
             }
@@ -438,6 +505,7 @@ async fn drain(
     decoder: &Decoder,
     tx: &mpsc::Sender<Batch>,
     decode_errors: &mut u64,
+    count: &impl Fn(u64) -> u64,
 ) -> Drained {
     let mut batch: Batch = Vec::new();
     for _ in 0..DRAIN_CAP {
@@ -446,6 +514,7 @@ async fn drain(
         };
         let decoded = decode::parse(&item).and_then(|raw: RawEvent| decoder.decode(&raw));
         drop(item);
+        count(1);
         match decoded {
             Ok((ev, hints)) => {
                 if batch.capacity() == 0 {
