@@ -280,6 +280,11 @@ pub struct DoctorArgs {
     /// Colour the findings by severity.
     #[arg(long, value_enum, default_value_t)]
     pub color: ColorChoice,
+
+    /// Print the facts the findings are judged from, as JSON, and nothing
+    /// else (for recording a machine's facts as a test fixture).
+    #[arg(long, hide = true, conflicts_with = "json")]
+    pub facts: bool,
 }
 
 #[derive(Debug, Args)]
