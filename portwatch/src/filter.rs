@@ -3,7 +3,8 @@
 
 use crate::model::{Event, EventKind};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a run selects; the summary's `watched` object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EventFilter {
     pub pid: Option<u32>,
     pub ports: Vec<u16>,
@@ -13,6 +14,30 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// What a run with this filter watches, in words: `port 1433 of every
+    /// process`, `ports 80 and 443 of process 12`, `every port of
+    /// processes named nginx`.
+    pub fn describe(&self) -> String {
+        let ports = match self.ports.as_slice() {
+            [] => "every port".to_owned(),
+            [p] => format!("port {p}"),
+            [rest @ .., last] => format!(
+                "ports {} and {last}",
+                rest.iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let who = match (self.pid, &self.comm) {
+            (Some(pid), Some(comm)) => format!("process {pid} if named {comm}"),
+            (Some(pid), None) => format!("process {pid}"),
+            (None, Some(comm)) => format!("processes named {comm}"),
+            (None, None) => "every process".to_owned(),
+        };
+        format!("{ports} of {who}")
+    }
+
     /// Whether the event belongs to what the user asked about (pid, port,
     /// comm). Lost events always do: a gap must never be hidden.
     pub fn selects(&self, ev: &Event) -> bool {
@@ -77,6 +102,26 @@ mod tests {
         let mut unknown = ev(EventKind::State, 0, "", 1, 2);
         unknown.pid = None;
         assert!(!f.selects(&unknown), "an unattributed event is not pid 7's");
+    }
+
+    #[test]
+    fn describes_what_it_watches() {
+        assert_eq!(
+            EventFilter::default().describe(),
+            "every port of every process"
+        );
+        let f = EventFilter {
+            ports: vec![80, 443, 8080],
+            pid: Some(12),
+            ..Default::default()
+        };
+        assert_eq!(f.describe(), "ports 80, 443 and 8080 of process 12");
+        let f = EventFilter {
+            ports: vec![9999],
+            comm: Some("nginx".into()),
+            ..Default::default()
+        };
+        assert_eq!(f.describe(), "port 9999 of processes named nginx");
     }
 
     #[test]

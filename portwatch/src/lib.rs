@@ -21,6 +21,12 @@ pub mod timefmt;
 
 #[cfg(target_os = "linux")]
 pub mod journal;
+
+/// `1 event`, `2 events`: a count with its noun.
+pub fn plural(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
 #[cfg(target_os = "linux")]
 pub mod procfd;
 #[cfg(target_os = "linux")]

@@ -226,11 +226,34 @@ impl<W: Write> Sink for TextSink<W> {
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
         let title = self.paint(Style::new().bold(), "summary");
         let l = &s.lost_by_reason;
-        writeln!(
-            self.out,
-            "\n{title}: {} events in {:.1}s, {} lost (ring buffer {}, recursion {}, inferred from broken chains {})",
-            s.events, s.duration_s, s.lost, l.ring_buffer, l.recursion, l.inferred
-        )?;
+        let lost = if s.lost == 0 {
+            "nothing lost".to_owned()
+        } else {
+            format!(
+                "{} lost (ring buffer {}, recursion {}, inferred from broken chains {})",
+                s.lost, l.ring_buffer, l.recursion, l.inferred
+            )
+        };
+        if s.events == 0 {
+            // Say what was watched: an empty trace is an answer too.
+            let watched = s
+                .watched
+                .as_ref()
+                .map(|w| format!(" on {}", visible(&w.describe())))
+                .unwrap_or_default();
+            writeln!(
+                self.out,
+                "\n{title}: no events in {:.1}s of watching TCP state changes, bind() and connect(){watched}; {lost}",
+                s.duration_s
+            )?;
+        } else {
+            writeln!(
+                self.out,
+                "\n{title}: {} in {:.1}s, {lost}",
+                crate::plural(s.events, "event", "events"),
+                s.duration_s
+            )?;
+        }
         if let Some(r) = s.ephemeral_range {
             writeln!(
                 self.out,
@@ -262,7 +285,7 @@ impl<W: Write> Sink for TextSink<W> {
                 self.out,
                 "{:>7} {:<15} {:>8} {:>9}  {}",
                 p.pid.map_or("-".to_owned(), |v| v.to_string()),
-                p.comm.as_deref().unwrap_or("?"),
+                p.comm.as_deref().map_or("?".into(), visible),
                 p.events,
                 p.timewait,
                 if fails.is_empty() {
@@ -356,6 +379,38 @@ mod tests {
         assert!(!s.contains("java"), "{s}");
         let v: serde_json::Value = serde_json::from_str(&s).expect("json");
         assert_eq!(v["errno"], "EADDRNOTAVAIL");
+    }
+
+    fn summary_text(s: &Summary) -> String {
+        let mut out = Vec::new();
+        {
+            let mut sink = TextSink::new(&mut out, false);
+            sink.summary(s).expect("summary");
+            sink.flush().expect("flush");
+        }
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn an_empty_trace_says_how_long_it_ran_and_what_it_watched() {
+        let mut agg = crate::aggregate::Aggregator::new(None);
+        agg.started_at(0);
+        let mut s = agg.summary(3_000_000_000);
+        s.watched = Some(crate::filter::EventFilter {
+            ports: vec![9999],
+            ..Default::default()
+        });
+        let t = summary_text(&s);
+        assert_eq!(
+            t.trim(),
+            "summary: no events in 3.0s of watching TCP state changes, bind() and connect() on port 9999 of every process; nothing lost",
+        );
+        agg.add(&failed_connect());
+        let t = summary_text(&agg.summary(8_000_000_000));
+        assert!(
+            t.starts_with("\nsummary: 1 event in 8.0s, nothing lost\n"),
+            "{t}"
+        );
     }
 
     #[test]

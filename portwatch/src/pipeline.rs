@@ -37,6 +37,12 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
         }
     }
 
+    /// The run began at `t` (wall-clock ns); see [`Aggregator::started_at`].
+    pub fn started_at(mut self, t: i128) -> Self {
+        self.aggregator.started_at(t);
+        self
+    }
+
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = quiet;
         self
@@ -92,7 +98,8 @@ impl<S: SocketProbe, P: ProcessLookup> Pipeline<S, P> {
         for ev in self.attributor.poll(now, true) {
             self.emit(&ev)?;
         }
-        let summary = self.aggregator.summary(now);
+        let mut summary = self.aggregator.summary(now);
+        summary.watched = Some(self.filter.clone());
         self.sink.summary(&summary)?;
         self.sink.flush()
     }

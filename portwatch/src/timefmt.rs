@@ -78,6 +78,24 @@ pub mod rfc3339_ns {
     }
 }
 
+/// [`rfc3339_ns`] for an optional time (absent or null: None).
+pub mod rfc3339_ns_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ns: &Option<i128>, s: S) -> Result<S::Ok, S::Error> {
+        match ns {
+            Some(ns) => s.serialize_str(&super::format_ns(*ns)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i128>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_ns(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

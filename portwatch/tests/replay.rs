@@ -224,3 +224,28 @@ fn a_bad_recording_is_a_clear_error() {
         .expect("run");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot open the recording"));
 }
+
+#[test]
+fn the_summary_keeps_the_recorded_runs_wall_time() {
+    // Two events milliseconds apart, in a run the recording says lasted
+    // 5 s until the first of them.
+    let events = fixture_events();
+    let first: Value = serde_json::from_str(&events[0]).expect("event");
+    let end = first["time"].as_str().expect("time");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("run.jsonl");
+    let summary = serde_json::json!({
+        "event": "summary", "time": end, "duration_s": 5.0, "events": 2, "lost": 0,
+    });
+    std::fs::write(&path, format!("{}\n{}\n{summary}\n", events[0], events[1])).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_portwatch"))
+        .args(["trace", "--json", "--summary-only", "--replay"])
+        .arg(&path)
+        .output()
+        .expect("run portwatch");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let summary = json_lines(&out).pop().expect("summary");
+    let d = summary["duration_s"].as_f64().expect("duration_s");
+    assert!((5.0..5.5).contains(&d), "{summary}");
+    assert_eq!(summary["watched"]["ports"], serde_json::json!([]));
+}

@@ -62,7 +62,11 @@ fn replay(args: &TraceArgs, path: &std::path::Path) -> anyhow::Result<()> {
         sink(args),
     )
     .quiet(args.summary_only);
-    let mut last = 0;
+    // The recorded run's own wall time, when its summary says it.
+    if let Some((start, _)) = recording.run {
+        pipeline = pipeline.started_at(start);
+    }
+    let mut last = recording.run.map_or(0, |(_, end)| end);
     for ev in recording.events {
         last = last.max(ev.time);
         // Losses inferred from broken chains are inferred again, from the
@@ -113,6 +117,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         ephemeral_range(),
         sink(&args),
     )
+    .started_at(now_ns())
     .quiet(args.summary_only);
 
     // Closes waiting in the FIN_WAIT2 timewait sub-state are re-checked
@@ -145,6 +150,8 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The run ends here; what the ring still holds happened before now.
+    let ended = now_ns();
     // Detach, then take what the ring still holds before summarising.
     let stopper = tokio::spawn(collector.stop());
     while let Some(batch) = rx.recv().await {
@@ -160,7 +167,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         .context("the ring-buffer reader panicked")?
         .context("reading the ring buffer")?;
     if open {
-        quiet_on_broken_pipe(pipeline.finish(now_ns()))?;
+        quiet_on_broken_pipe(pipeline.finish(ended))?;
     }
     Ok(())
 }

@@ -533,3 +533,30 @@ print("INNER_TW=%d" % len([l for l in out.splitlines() if l.strip()]), flush=Tru
     ensure!(bind["holder"]["pid"] == server, "{bind}");
     Ok(())
 }
+
+#[test]
+fn a_trace_that_sees_nothing_says_how_long_it_ran_and_what_it_watched() -> Result<()> {
+    skip_unless_kernel!();
+    let run = integration_tests::in_netns(
+        r#"
+"$PW" trace --port 23999 --duration 1.5 >"$D/text" 2>"$D/text.err"
+"$PW" trace --port 23999 --duration 1 --json >"$D/json" 2>"$D/json.err"
+"#,
+    )?;
+    let text = run.file("text");
+    ensure!(
+        text.contains("summary: no events in 1.5s of watching TCP state changes, bind() and connect() on port 23999 of every process; nothing lost"),
+        "{text}{}",
+        run.file("text.err")
+    );
+    let summary: Value = serde_json::from_str(run.file("json").trim())
+        .with_context(|| format!("summary line: {}", run.file("json")))?;
+    let d = summary["duration_s"].as_f64().context("duration_s")?;
+    ensure!((1.0..1.5).contains(&d), "the run's wall time: {summary}");
+    ensure!(summary["events"] == 0, "{summary}");
+    ensure!(
+        summary["watched"]["ports"] == serde_json::json!([23999]),
+        "{summary}"
+    );
+    Ok(())
+}
