@@ -215,6 +215,7 @@ impl Aggregator {
         });
         Summary {
             event: "summary",
+            schema_version: crate::model::SCHEMA_VERSION,
             time: now,
             duration_s: match (self.started, self.first, self.last) {
                 (Some(s), _, _) => (now - s).max(0) as f64 / 1e9,
@@ -275,6 +276,7 @@ pub struct DestSummary {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub event: &'static str,
+    pub schema_version: u32,
     #[serde(with = "crate::timefmt::rfc3339_ns")]
     pub time: i128,
     /// How long the run lasted (wall time), whether or not anything happened.

@@ -133,9 +133,8 @@ fn record_json(r: &Record, how: Option<&How>) -> anyhow::Result<String> {
     if let Some(obj) = v.as_object_mut() {
         obj.insert("boot_id".into(), r.boot_id.clone().into());
         obj.insert("mono_ns".into(), r.mono_ns.into());
-        if let Some(h) = how {
-            obj.insert("how".into(), serde_json::to_value(h)?);
-        }
+        // Every key always present: `how` is null outside --first.
+        obj.insert("how".into(), serde_json::to_value(how)?);
     }
     Ok(serde_json::to_string(&v)?)
 }
