@@ -239,6 +239,34 @@ time.sleep(0.2)
         "one TIME_WAIT for the server {server} expected: {:#?}",
         run.events
     );
+    // Confirmed only when the client's FIN came, 0.5 s later, yet timed like
+    // the close and written before what happened after it.
+    let close = run
+        .of_kind("state")
+        .find(|e| e["sport"] == 23083 && e["old_state"] == "FIN_WAIT2" && e["new_state"] == "CLOSE")
+        .context("the server's close")?;
+    ensure!(tw[0]["time"] == close["time"], "{:#?}", run.events);
+    let at = run
+        .events
+        .iter()
+        .position(|e| e["event"] == "timewait")
+        .context("timewait")?;
+    let t = tw[0]["time"].as_str().context("time")?;
+    ensure!(
+        run.events[at..]
+            .iter()
+            .filter(|e| e["event"] != "summary")
+            .all(|e| e["time"].as_str().is_some_and(|x| x >= t)),
+        "written out of order: {:#?}",
+        run.events
+    );
+    ensure!(
+        !run.events[..at]
+            .iter()
+            .any(|e| e["time"].as_str().is_some_and(|x| x > t)),
+        "later events written before the timewait: {:#?}",
+        run.events
+    );
     Ok(())
 }
 
