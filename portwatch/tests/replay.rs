@@ -249,3 +249,18 @@ fn the_summary_keeps_the_recorded_runs_wall_time() {
     assert!((5.0..5.5).contains(&d), "{summary}");
     assert_eq!(summary["watched"]["ports"], serde_json::json!([]));
 }
+
+#[test]
+fn a_comm_longer_than_the_kernel_keeps_is_cut_with_a_warning() {
+    // 'python3' padded past 15 bytes: cut back, it matches the recording.
+    let (code, out, err) = replay(&["--json", "--comm", "python3456789012345"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("--comm python3456789012345 is longer than the 15 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("matching `python345678901`"), "{err}");
+    let (_, out_short, _) = replay(&["--json", "--comm", "python3"]);
+    assert_ne!(out_short.lines().count(), 1, "python3's events are there");
+    assert_eq!(out.lines().count(), 1, "only the summary: {out}");
+}

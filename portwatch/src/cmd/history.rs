@@ -206,7 +206,7 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
     let filter = crate::filter::EventFilter {
         pid: args.pid,
         ports: args.ports.clone(),
-        comm: args.comm.clone(),
+        comm: super::comm_filter(args.comm.as_deref()),
         errors_only: false,
     };
     let mut selected: Vec<&Record> = outcome

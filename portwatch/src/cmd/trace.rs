@@ -25,13 +25,23 @@ fn sink(args: &TraceArgs) -> Box<dyn Sink> {
     Box::new(TextSink::new(stdout, color))
 }
 
+/// The filter the arguments ask for; a `--comm` the kernel cannot hold is
+/// cut as the kernel would, with a warning.
 fn filter(args: &TraceArgs) -> EventFilter {
     EventFilter {
         pid: args.pid,
         ports: args.ports.clone(),
-        comm: args.comm.clone(),
+        comm: super::comm_filter(args.comm.as_deref()),
         errors_only: args.errors,
     }
+}
+
+/// The process (thread group) id of `pid`, if it exists now.
+#[cfg(target_os = "linux")]
+fn tgid_of(pid: u32) -> Option<u32> {
+    let pid = i32::try_from(pid).ok()?;
+    let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
+    u32::try_from(status.tgid).ok()
 }
 
 /// A closed stdout (`portwatch trace | head`) ends the trace quietly.
@@ -91,6 +101,13 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     use crate::source::linux::{CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
     use crate::system::{ephemeral_range, LiveProcesses, LiveSockets, Netns};
 
+    // A recording's pids are history; a live trace's must exist now.
+    if let Some(w) = args
+        .pid
+        .and_then(|pid| crate::filter::pid_warning(pid, tgid_of))
+    {
+        eprintln!("portwatch: warning: {w}");
+    }
     let cfg = CollectorConfig {
         pid: args.pid,
         ports: args.ports.clone(),

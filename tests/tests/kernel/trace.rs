@@ -588,3 +588,27 @@ fn a_trace_that_sees_nothing_says_how_long_it_ran_and_what_it_watched() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn a_pid_that_no_process_has_is_said() -> Result<()> {
+    skip_unless_kernel!();
+    let run = integration_tests::in_netns(
+        r#"
+"$PW" trace --pid 4000000 --duration 0.5 >"$D/out" 2>"$D/err"
+sleep 60 & t=$!
+"$PW" trace --pid $t --duration 0.2 >/dev/null 2>"$D/own"
+kill $t
+"#,
+    )?;
+    let err = run.file("err");
+    ensure!(
+        err.contains("portwatch: warning: no process 4000000 is running now"),
+        "{err}"
+    );
+    ensure!(
+        !run.file("own").contains("warning"),
+        "a running process is no warning: {}",
+        run.file("own")
+    );
+    Ok(())
+}
