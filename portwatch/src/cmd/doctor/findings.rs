@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::facts::{Facts, KernelCaps, LinuxKernel, Listener, PortConfig, Tracefs};
+use super::facts::{EphemeralRange, Facts, KernelCaps, LinuxKernel, Listener, PortConfig, Tracefs};
 use crate::model::Protocol;
 use crate::source::HookKind;
 use crate::sysctl::{self, PortSet, PortSpan};
@@ -255,14 +255,109 @@ fn endpoint(addr: IpAddr, port: u16) -> String {
 
 /// The exact commands that reserve `port`, merged with what is reserved.
 pub fn reserve_fix(port: u16, reserved: Option<&PortSet>) -> String {
+    reserve_fix_for(&[port], &[], reserved)
+}
+
+/// The exact commands that reserve `ports`: `portwatch reserve`, which
+/// merges with what is reserved, or the sysctl with the whole merged value:
+/// what is reserved, `ports`, and `also` (the other ports doctor asks to
+/// reserve), so that following one fix never drops a port another keeps.
+pub fn reserve_fix_for(ports: &[u16], also: &[u16], reserved: Option<&PortSet>) -> String {
     let merged = reserved
         .cloned()
         .unwrap_or_default()
-        .union(&PortSet::from_spans([PortSpan::single(port)]));
+        .union(&PortSet::from_spans(
+            ports.iter().chain(also).map(|p| PortSpan::single(*p)),
+        ));
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     format!(
-        "portwatch reserve {port} --persist  (or: sysctl -w {}={merged}, and persist it in /etc/sysctl.d/)",
+        "portwatch reserve {} --persist  (or: sysctl -w {}={merged}, and persist it in /etc/sysctl.d/)",
+        ports.join(" "),
         sysctl::RESERVED_PORTS
     )
+}
+
+/// `40050 (tcp, nginx (pid 12))` for each port, joined as a list.
+fn ports_and_owners(at_risk: &[(u16, Vec<&Listener>)]) -> String {
+    let each: Vec<String> = at_risk
+        .iter()
+        .map(|(port, ls)| {
+            let mut protos: Vec<&str> = ls.iter().map(|l| l.protocol.name()).collect();
+            protos.sort();
+            protos.dedup();
+            let mut owners: Vec<String> = ls
+                .iter()
+                .flat_map(|l| l.owners.iter())
+                .map(|o| format!("{} (pid {})", o.comm, o.pid))
+                .collect();
+            owners.sort();
+            owners.dedup();
+            let who = if owners.is_empty() {
+                "owner unknown".to_owned()
+            } else {
+                owners.join(", ")
+            };
+            format!("{port} ({}, {who})", protos.join("+"))
+        })
+        .collect();
+    match each.as_slice() {
+        [rest @ .., last] if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => each.join(""),
+    }
+}
+
+/// Listeners inside the ephemeral range that are not reserved: one finding
+/// for the TCP ports and one for the UDP-only ones, with one fix each that
+/// keeps every port either asks for.
+fn unreserved_listeners(p: &PortConfig, range: EphemeralRange) -> Vec<Finding> {
+    let reserved = p.reserved_ports.as_ref();
+    let mut at_risk: BTreeMap<u16, Vec<&Listener>> = BTreeMap::new();
+    for l in &p.listeners {
+        if range.contains(l.port) && !reserved.is_some_and(|r| r.contains(l.port)) {
+            at_risk.entry(l.port).or_default().push(l);
+        }
+    }
+    let (tcp, udp): (Vec<_>, Vec<_>) = at_risk
+        .into_iter()
+        .partition(|(_, ls)| ls.iter().any(|l| l.protocol == Protocol::Tcp));
+    let tcp_ports: Vec<u16> = tcp.iter().map(|(p, _)| *p).collect();
+    let udp_ports: Vec<u16> = udp.iter().map(|(p, _)| *p).collect();
+    let mut out = Vec::new();
+    if !tcp.is_empty() {
+        let (these, are) = if tcp.len() == 1 {
+            ("port", "is")
+        } else {
+            ("ports", "are")
+        };
+        out.push(Finding::new(
+            Severity::Warning,
+            format!(
+                "{these} {} {are} inside the ephemeral range {}-{} and not reserved: when the service restarts or the machine boots, an outgoing connection can take the port first and the service's bind() fails with EADDRINUSE",
+                ports_and_owners(&tcp),
+                range.low,
+                range.high
+            ),
+            Some(reserve_fix_for(&tcp_ports, &udp_ports, reserved)),
+        ));
+    }
+    if !udp.is_empty() {
+        let (these, are) = if udp.len() == 1 {
+            ("UDP port", "is")
+        } else {
+            ("UDP ports", "are")
+        };
+        out.push(Finding::new(
+            Severity::Info,
+            format!(
+                "{these} {} {are} bound inside the ephemeral range {}-{} and not reserved: if it is a fixed service port, an outgoing connection can take it while the service is down (if the kernel picked it for a client socket, ignore this)",
+                ports_and_owners(&udp).replace(" (udp, ", " ("),
+                range.low,
+                range.high
+            ),
+            Some(reserve_fix_for(&udp_ports, &tcp_ports, reserved)),
+        ));
+    }
+    out
 }
 
 pub fn port_findings(p: &PortConfig) -> Vec<Finding> {
@@ -280,50 +375,8 @@ pub fn port_findings(p: &PortConfig) -> Vec<Finding> {
         ));
     }
 
-    let reserved = p.reserved_ports.as_ref();
     if let Some(range) = p.ephemeral_range {
-        // Listeners inside the range, not reserved: one finding per port.
-        let mut at_risk: BTreeMap<u16, Vec<&Listener>> = BTreeMap::new();
-        for l in &p.listeners {
-            if range.contains(l.port) && !reserved.is_some_and(|r| r.contains(l.port)) {
-                at_risk.entry(l.port).or_default().push(l);
-            }
-        }
-        for (port, ls) in at_risk {
-            let tcp = ls.iter().any(|l| l.protocol == Protocol::Tcp);
-            let mut protos: Vec<&str> = ls.iter().map(|l| l.protocol.name()).collect();
-            protos.dedup();
-            let mut owners: Vec<String> = ls
-                .iter()
-                .flat_map(|l| l.owners.iter())
-                .map(|o| format!("{} (pid {})", o.comm, o.pid))
-                .collect();
-            owners.sort();
-            owners.dedup();
-            let who = if owners.is_empty() {
-                "owner unknown".to_owned()
-            } else {
-                owners.join(", ")
-            };
-            let message = if tcp {
-                format!(
-                    "port {port} ({}, {who}) is inside the ephemeral range {}-{} and not reserved: when the service restarts or the machine boots, an outgoing connection can take the port first and the service's bind() fails with EADDRINUSE",
-                    protos.join("+"),
-                    range.low,
-                    range.high
-                )
-            } else {
-                format!(
-                    "UDP port {port} ({who}) is bound inside the ephemeral range {}-{} and not reserved: if it is a fixed service port, an outgoing connection can take it while the service is down (if the kernel picked it for a client socket, ignore this)",
-                    range.low, range.high
-                )
-            };
-            out.push(Finding::new(
-                if tcp { Warning } else { Info },
-                message,
-                Some(reserve_fix(port, reserved)),
-            ));
-        }
+        out.extend(unreserved_listeners(p, range));
 
         let size = range.size();
         let capacity = p.capacity().unwrap_or(size);

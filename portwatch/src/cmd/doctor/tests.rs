@@ -176,8 +176,45 @@ fn a_reserved_listener_is_not_flagged() {
         listener(Protocol::Tcp, 40100),
     ];
     let fs = port_findings(&p);
-    assert_eq!(about(&fs, "port 40000 ").len(), 1, "{fs:#?}");
-    assert_eq!(about(&fs, "port 40100 ").len(), 1, "{fs:#?}");
+    assert_eq!(about(&fs, "ports 40000 (tcp, ").len(), 1, "{fs:#?}");
+    assert_eq!(about(&fs, " and 40100 (tcp, ").len(), 1, "{fs:#?}");
+}
+
+/// The value a fix's `sysctl -w net.ipv4.ip_local_reserved_ports=...` sets.
+fn sysctl_value(fix: &str) -> PortSet {
+    let v = fix
+        .split("ip_local_reserved_ports=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("a sysctl -w in the fix")
+        .trim_end_matches(',');
+    PortSet::parse(v).expect("a port list")
+}
+
+#[test]
+fn following_every_reserve_fix_keeps_every_port() {
+    // Two TCP listeners and a UDP socket in the range, 40010 reserved.
+    let fs = analyze(&recorded("root"));
+    let fixes: Vec<&str> = fs
+        .iter()
+        .filter_map(|f| f.fix.as_deref())
+        .filter(|f| f.contains("ip_local_reserved_ports="))
+        .collect();
+    assert_eq!(fixes.len(), 2, "one for TCP, one for UDP: {fs:#?}");
+    let tcp = about(&fs, "ports 40050 (tcp, python3 (pid ");
+    assert_eq!(tcp.len(), 1, "{fs:#?}");
+    assert!(tcp[0].message.contains(" and 40060 (tcp, python3 (pid "));
+    let fix = tcp[0].fix.as_deref().expect("fix");
+    assert!(
+        fix.starts_with("portwatch reserve 40050 40060 --persist"),
+        "{fix}"
+    );
+    // Whichever sysctl alternative is applied, in whatever order, what was
+    // reserved and every flagged port stay reserved.
+    let want = PortSet::parse("40010,40050,40060,40070").expect("set");
+    for fix in fixes {
+        assert_eq!(sysctl_value(fix), want, "{fix}");
+    }
 }
 
 #[test]
