@@ -128,8 +128,8 @@ fn runtime_hint(ev: &Event) -> Option<String> {
 fn detail(ev: &Event) -> String {
     match ev.event {
         EventKind::Lost => format!(
-            "{} events lost ({})",
-            ev.lost.unwrap_or(0),
+            "{} lost ({})",
+            crate::plural(ev.lost.unwrap_or(0), "event", "events"),
             ev.lost_reason
                 .unwrap_or(crate::model::LostReason::RingBuffer)
                 .describe()
@@ -257,10 +257,10 @@ impl<W: Write> Sink for TextSink<W> {
         if let Some(r) = s.ephemeral_range {
             writeln!(
                 self.out,
-                "ephemeral port range {}-{} ({} ports per destination)",
+                "ephemeral port range {}-{} ({} per destination)",
                 r.low,
                 r.high,
-                r.size()
+                crate::plural(r.size(), "port", "ports")
             )?;
         }
         if !s.processes.is_empty() {
@@ -411,6 +411,12 @@ mod tests {
             t.starts_with("\nsummary: 1 event in 8.0s, nothing lost\n"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn one_lost_event_is_one_event() {
+        let t = text(&[Event::lost(0, 1, crate::model::LostReason::RingBuffer)]);
+        assert!(t.contains(" 1 event lost (ring buffer full)"), "{t}");
     }
 
     #[test]

@@ -62,7 +62,12 @@ pub fn resolve_boot(spec: &str, boots: &[Boot], current: &str) -> Result<String,
             .ok()
             .and_then(|i| boots.get(i))
             .map(|b| b.boot_id.clone())
-            .ok_or_else(|| format!("--boot {n}: the journal holds only {} boots", boots.len()));
+            .ok_or_else(|| {
+                format!(
+                    "--boot {n}: the journal holds only {}",
+                    crate::plural(boots.len() as u64, "boot", "boots")
+                )
+            });
     }
     let spec = spec.replace('-', "");
     let matches: Vec<&Boot> = boots
@@ -166,11 +171,11 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
             } else {
                 writeln!(
                     out,
-                    "{offset:>3} {}  {} .. {}  {} records",
+                    "{offset:>3} {}  {} .. {}  {}",
                     b.boot_id,
                     format_ns(b.first),
                     format_ns(b.last),
-                    b.records
+                    crate::plural(b.records as u64, "record", "records")
                 )?;
             }
         }
@@ -287,5 +292,23 @@ fn endpoint(e: &Event) -> String {
         (Some(std::net::IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
         (Some(a), Some(p)) => format!("{a}:{p}"),
         _ => "?".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_boot_offset_past_the_journal_says_how_many_it_holds() {
+        let one = vec![Boot {
+            boot_id: "aaaa".into(),
+            first: 1,
+            last: 2,
+            records: 1,
+        }];
+        let e = resolve_boot("-1", &one, "aaaa").unwrap_err();
+        assert_eq!(e, "--boot -1: the journal holds only 1 boot");
+        assert_eq!(resolve_boot("0", &one, "aaaa").as_deref(), Ok("aaaa"));
     }
 }

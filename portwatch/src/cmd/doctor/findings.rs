@@ -384,8 +384,15 @@ pub fn port_findings(p: &PortConfig) -> Vec<Finding> {
             out.push(Finding::new(
                 Warning,
                 format!(
-                    "the ephemeral range {}-{} has only {size} ports: at most {capacity} concurrent or TIME_WAIT connections per destination",
-                    range.low, range.high
+                    "the ephemeral range {}-{} has only {}: at most {} per destination",
+                    range.low,
+                    range.high,
+                    crate::plural(size, "port", "ports"),
+                    crate::plural(
+                        capacity,
+                        "concurrent or TIME_WAIT connection",
+                        "concurrent or TIME_WAIT connections"
+                    )
                 ),
                 Some(format!("sysctl -w {}=\"32768 60999\"", sysctl::PORT_RANGE)),
             ));

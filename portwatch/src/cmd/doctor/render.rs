@@ -256,18 +256,18 @@ fn write_ports(w: &mut impl Write, p: &Painter, pc: &PortConfig) -> io::Result<(
     match pc.ephemeral_range {
         Some(r) => writeln!(
             w,
-            "  {:<20} {}-{} ({} ports, {} usable per destination)",
+            "  {:<20} {}-{} ({}, {} usable per destination)",
             "ephemeral range",
             r.low,
             r.high,
-            r.size(),
+            crate::plural(r.size(), "port", "ports"),
             pc.capacity().unwrap_or(0)
         )?,
         None => writeln!(w, "  {:<20} unknown", "ephemeral range")?,
     }
     let reserved = match &pc.reserved_ports {
         Some(r) if r.is_empty() => "(none)".to_owned(),
-        Some(r) => format!("{r} ({} ports)", r.count()),
+        Some(r) => format!("{r} ({})", crate::plural(r.count(), "port", "ports")),
         None => "unknown".to_owned(),
     };
     writeln!(w, "  {:<20} {reserved}", "reserved ports")?;

@@ -288,6 +288,16 @@ fn time_wait_thresholds_against_the_range_capacity() {
 fn warns_about_a_narrow_or_mostly_reserved_range_and_tw_bucket_limit() {
     let fs = port_findings(&ports(40000, 40100, ""));
     assert_eq!(about(&fs, "has only 101 ports").len(), 1, "{fs:#?}");
+    let fs = port_findings(&ports(40000, 40000, ""));
+    assert_eq!(
+        about(
+            &fs,
+            "has only 1 port: at most 1 concurrent or TIME_WAIT connection per destination"
+        )
+        .len(),
+        1,
+        "{fs:#?}"
+    );
     assert!(port_findings(&ports(32768, 60999, ""))
         .iter()
         .all(|f| !f.message.contains("has only")));
@@ -512,7 +522,7 @@ fn text_report_has_the_tables_and_colours_only_on_request() {
         "  kprobe               no     kprobe tcp_time_wait refused",
         "  syscall tracepoints  yes\n",
         "ephemeral range      40000-40100 (101 ports, 100 usable per destination)",
-        "reserved ports       40010 (1 ports)",
+        "reserved ports       40010 (1 port)",
         "listening            40050/tcp",
         "TIME_WAIT            3; busiest 127.0.0.1:8080 with 3",
         "WARNING  port 40050",
