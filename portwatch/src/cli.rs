@@ -208,6 +208,11 @@ pub struct HistoryArgs {
     /// JSON Lines with the trace schema's names plus boot_id and mono_ns.
     #[arg(long)]
     pub json: bool,
+
+    /// Show times in UTC (marked `Z`) instead of local time (marked with its
+    /// offset from UTC, e.g. `+01:00`). JSON is always UTC.
+    #[arg(long)]
+    pub utc: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

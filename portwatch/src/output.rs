@@ -53,7 +53,8 @@ pub struct TextSink<W: Write> {
     color: bool,
     offset: time::UtcOffset,
     header_done: bool,
-    dates: bool,
+    /// Full dates with their zone marked, for records that span days.
+    dates: Option<timefmt::Zone>,
 }
 
 impl<W: Write> TextSink<W> {
@@ -63,13 +64,14 @@ impl<W: Write> TextSink<W> {
             color,
             offset: time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC),
             header_done: false,
-            dates: false,
+            dates: None,
         }
     }
 
-    /// Print the date too: for records that span days and boots.
-    pub fn with_dates(mut self) -> Self {
-        self.dates = true;
+    /// Print the date too, its zone marked: for records that span days
+    /// and boots.
+    pub fn with_dates(mut self, zone: timefmt::Zone) -> Self {
+        self.dates = Some(zone);
         self
     }
 
@@ -77,6 +79,14 @@ impl<W: Write> TextSink<W> {
     pub fn with_offset(mut self, offset: time::UtcOffset) -> Self {
         self.offset = offset;
         self
+    }
+
+    fn time_width(&self) -> usize {
+        match self.dates {
+            Some(timefmt::Zone::Utc) => timefmt::DATE_MS_MARKED_WIDTH - 5,
+            Some(timefmt::Zone::Local(_)) => timefmt::DATE_MS_MARKED_WIDTH,
+            None => 12,
+        }
     }
 
     fn paint(&self, style: Style, s: &str) -> String {
@@ -172,15 +182,14 @@ impl<W: Write> Sink for TextSink<W> {
                 "COMM",
                 "EVENT",
                 "LOCAL -> REMOTE",
-                w = if self.dates { 23 } else { 12 }
+                w = self.time_width()
             );
             let h = self.paint(Style::new().bold(), &h);
             writeln!(self.out, "{h}")?;
         }
-        let time = if self.dates {
-            timefmt::date_ms(ev.time, self.offset)
-        } else {
-            timefmt::clock_ms(ev.time, self.offset)
+        let time = match self.dates {
+            Some(zone) => timefmt::date_ms_marked(ev.time, zone),
+            None => timefmt::clock_ms(ev.time, self.offset),
         };
         let pid = ev.pid.map_or("-".to_owned(), |p| p.to_string());
         // A process names itself (prctl PR_SET_NAME): escape what it chose.
@@ -212,7 +221,7 @@ impl<W: Write> Sink for TextSink<W> {
         writeln!(
             self.out,
             "{time:<w$} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}",
-            w = if self.dates { 23 } else { 12 }
+            w = self.time_width()
         )?;
         if failed {
             if let Some(hint) = runtime_hint(ev) {

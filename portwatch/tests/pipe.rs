@@ -4,8 +4,8 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
-use portwatch::journal::{JournalConfig, JournalWriter, Record};
-use portwatch::model::{Event, EventKind};
+mod common;
+use common::journal_with_a_record;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/session.jsonl");
 
@@ -33,22 +33,6 @@ fn into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn journal_with_a_record(dir: &std::path::Path) {
-    let mut w = JournalWriter::open(dir, JournalConfig::default()).expect("journal");
-    let mut ev = Event::new(1_795_471_262_000_000_000, EventKind::Listen);
-    ev.pid = Some(42);
-    ev.comm = Some("server".into());
-    ev.saddr = Some("0.0.0.0".parse().expect("ip"));
-    ev.sport = Some(1433);
-    w.append(&Record {
-        boot_id: "0d6cbd14-1c4a-4b4e-9fd9-8b7e0e3b2a11".into(),
-        mono_ns: 1,
-        event: ev,
-    })
-    .expect("append");
-    w.sync().expect("sync");
 }
 
 #[test]

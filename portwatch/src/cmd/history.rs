@@ -7,10 +7,11 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use crate::cli::HistoryArgs;
+use crate::escape::visible;
 use crate::journal::{self, Record};
 use crate::model::{Event, EventKind, TcpState};
 use crate::output::{one_line, Sink, TextSink};
-use crate::timefmt::{format_ns, now_ns, parse_when};
+use crate::timefmt::{date_ms_marked, now_ns, parse_when, Zone};
 
 /// One boot in the journal, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -151,6 +152,9 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
         eprintln!("portwatch: journal: skipped damaged data in {d}");
     }
     let all_boots = boots(&outcome.records);
+    // One convention for every time shown: local, marked with its offset,
+    // or UTC (`Z`) with --utc. JSON is always RFC 3339 UTC.
+    let zone = if args.utc { Zone::Utc } else { Zone::local() };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if args.list_boots {
@@ -173,8 +177,8 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
                     out,
                     "{offset:>3} {}  {} .. {}  {}",
                     b.boot_id,
-                    format_ns(b.first),
-                    format_ns(b.last),
+                    date_ms_marked(b.first, zone),
+                    date_ms_marked(b.last, zone),
                     crate::plural(b.records as u64, "record", "records")
                 )?;
             }
@@ -249,13 +253,15 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
                     writeln!(
                         out,
                         "port {port} was first taken at {} (boot {}) by pid {} ({}{}): {what}",
-                        format_ns(e.time),
+                        date_ms_marked(e.time, zone),
                         &r.boot_id,
                         e.pid.map_or("?".to_owned(), |p| p.to_string()),
-                        e.comm.as_deref().unwrap_or("?"),
-                        e.cmdline
-                            .as_deref()
-                            .map_or(String::new(), |c| format!(": {}", one_line(c, 100))),
+                        // A process names itself: escape what it chose.
+                        e.comm.as_deref().map_or("?".into(), visible),
+                        e.cmdline.as_deref().map_or(String::new(), |c| format!(
+                            ": {}",
+                            visible(&one_line(c, 100))
+                        )),
                     )?;
                 }
             }
@@ -278,7 +284,7 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
         out.flush()?;
     } else {
         drop(out);
-        let mut sink = TextSink::new(io::stdout(), false).with_dates();
+        let mut sink = TextSink::new(io::stdout(), false).with_dates(zone);
         for r in &selected {
             sink.event(&r.event)?;
         }
