@@ -82,6 +82,8 @@ pub struct Aggregator {
     /// (events, command name). They replace the counts of what crossed the
     /// ring, which is only the rare part.
     kernel_counts: Option<HashMap<u32, (u64, String)>>,
+    /// When the run began (wall-clock ns), for the summary's duration.
+    started: Option<i128>,
 }
 
 impl Aggregator {
@@ -90,6 +92,12 @@ impl Aggregator {
             range,
             ..Default::default()
         }
+    }
+
+    /// The run began at `t` (wall-clock ns): the summary's duration is the
+    /// time from then, not the span between the first and last event.
+    pub fn started_at(&mut self, t: i128) {
+        self.started = Some(t);
     }
 
     pub fn add(&mut self, ev: &Event) {
@@ -264,9 +272,11 @@ impl Aggregator {
         });
         Summary {
             event: "summary",
+            schema_version: crate::model::SCHEMA_VERSION,
             time: now,
-            duration_s: match (self.first, self.last) {
-                (Some(f), Some(l)) => (l - f) as f64 / 1e9,
+            duration_s: match (self.started, self.first, self.last) {
+                (Some(s), _, _) => (now - s).max(0) as f64 / 1e9,
+                (None, Some(f), Some(l)) => (l - f) as f64 / 1e9,
                 _ => 0.0,
             },
             events: self.events,
@@ -277,6 +287,7 @@ impl Aggregator {
             timewait_destinations: destinations,
             pools: Vec::new(),
             processes,
+            watched: None,
         }
     }
 }
@@ -370,8 +381,10 @@ impl PoolSummary {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub event: &'static str,
+    pub schema_version: u32,
     #[serde(with = "crate::timefmt::rfc3339_ns")]
     pub time: i128,
+    /// How long the run lasted (wall time), whether or not anything happened.
     pub duration_s: f64,
     pub events: u64,
     /// Every lost event, whatever the reason; `lost_by_reason` splits it.
@@ -386,6 +399,8 @@ pub struct Summary {
     /// The pools of the destinations clients connected to, busiest first.
     pub pools: Vec<PoolSummary>,
     pub processes: Vec<ProcSummary>,
+    /// What the run selected (set by the pipeline).
+    pub watched: Option<crate::filter::EventFilter>,
 }
 
 #[cfg(test)]
@@ -444,6 +459,21 @@ mod tests {
             .expect("pid 1");
         assert_eq!(p1.timewait, 4);
         assert_eq!(s.processes[0].pid, Some(1), "most TIME_WAIT first");
+    }
+
+    #[test]
+    fn the_duration_is_the_wall_time_of_the_run_not_the_span_of_events() {
+        let mut agg = Aggregator::new(None);
+        agg.started_at(10 * S);
+        assert_eq!(agg.summary(13 * S).duration_s, 3.0, "nothing happened");
+        agg.add(&tw(11 * S, 1, 80));
+        agg.add(&tw(11 * S + 300_000_000, 1, 80));
+        assert_eq!(agg.summary(18 * S).duration_s, 8.0);
+        // Without a start (a bare aggregator), the span of the events.
+        let mut agg = Aggregator::new(None);
+        agg.add(&tw(S, 1, 80));
+        agg.add(&tw(3 * S, 1, 80));
+        assert_eq!(agg.summary(9 * S).duration_s, 2.0);
     }
 
     #[test]

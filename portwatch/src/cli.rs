@@ -209,6 +209,11 @@ pub struct HistoryArgs {
     /// JSON Lines with the trace schema's names plus boot_id and mono_ns.
     #[arg(long)]
     pub json: bool,
+
+    /// Show times in UTC (marked `Z`) instead of local time (marked with its
+    /// offset from UTC, e.g. `+01:00`). JSON is always UTC.
+    #[arg(long)]
+    pub utc: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -281,6 +286,11 @@ pub struct DoctorArgs {
     /// Colour the findings by severity.
     #[arg(long, value_enum, default_value_t)]
     pub color: ColorChoice,
+
+    /// Print the facts the findings are judged from, as JSON, and nothing
+    /// else (for recording a machine's facts as a test fixture).
+    #[arg(long, hide = true, conflicts_with = "json")]
+    pub facts: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,45 @@
 //! Userspace filters. `--pid` and `--port` also run in the kernel for live
 //! traces; applying them here too keeps replays and every collector honest.
 
+use crate::escape::visible;
 use crate::model::{Event, EventKind};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The kernel keeps a command name in 16 bytes, NUL included.
+pub const COMM_MAX: usize = 15;
+
+/// A `--comm` as the kernel would hold it: at most [`COMM_MAX`] bytes. A
+/// longer name can never match as given, so it is cut as the kernel cuts
+/// it, and the warning says so.
+pub fn comm_as_kernel_keeps_it(comm: &str) -> (String, Option<String>) {
+    if comm.len() <= COMM_MAX {
+        return (comm.to_owned(), None);
+    }
+    let cut = String::from_utf8_lossy(&comm.as_bytes()[..COMM_MAX]).into_owned();
+    let warning = format!(
+        "--comm {} is longer than the {COMM_MAX} bytes the kernel keeps of a command name; matching `{}` instead, as the kernel shows it",
+        visible(comm),
+        visible(&cut)
+    );
+    (cut, Some(warning))
+}
+
+/// What is wrong with `--pid PID` on this system, if anything: a pid no
+/// process has, or a thread's id (the filter selects processes). `tgid_of`
+/// says whether PID exists now and its process (thread group) id.
+pub fn pid_warning(pid: u32, tgid_of: impl Fn(u32) -> Option<u32>) -> Option<String> {
+    match tgid_of(pid) {
+        None => Some(format!(
+            "no process {pid} is running now: --pid selects the process with that id, so this trace will show nothing unless one appears (check it with `ps -p {pid}` or `pgrep NAME`)"
+        )),
+        Some(tgid) if tgid != pid => Some(format!(
+            "{pid} is a thread of process {tgid}, and --pid selects processes: use --pid {tgid}"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// What a run selects; the summary's `watched` object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EventFilter {
     pub pid: Option<u32>,
     pub ports: Vec<u16>,
@@ -13,6 +49,30 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// What a run with this filter watches, in words: `port 1433 of every
+    /// process`, `ports 80 and 443 of process 12`, `every port of
+    /// processes named nginx`.
+    pub fn describe(&self) -> String {
+        let ports = match self.ports.as_slice() {
+            [] => "every port".to_owned(),
+            [p] => format!("port {p}"),
+            [rest @ .., last] => format!(
+                "ports {} and {last}",
+                rest.iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let who = match (self.pid, &self.comm) {
+            (Some(pid), Some(comm)) => format!("process {pid} if named {comm}"),
+            (Some(pid), None) => format!("process {pid}"),
+            (None, Some(comm)) => format!("processes named {comm}"),
+            (None, None) => "every process".to_owned(),
+        };
+        format!("{ports} of {who}")
+    }
+
     /// Whether the event belongs to what the user asked about (pid, port,
     /// comm). Lost events always do: a gap must never be hidden.
     pub fn selects(&self, ev: &Event) -> bool {
@@ -77,6 +137,56 @@ mod tests {
         let mut unknown = ev(EventKind::State, 0, "", 1, 2);
         unknown.pid = None;
         assert!(!f.selects(&unknown), "an unattributed event is not pid 7's");
+    }
+
+    #[test]
+    fn a_comm_longer_than_the_kernel_keeps_is_cut_and_said() {
+        assert_eq!(comm_as_kernel_keeps_it("nginx"), ("nginx".to_owned(), None));
+        let exact = "a".repeat(15);
+        assert_eq!(comm_as_kernel_keeps_it(&exact), (exact.clone(), None));
+        let (cut, warning) = comm_as_kernel_keeps_it("verylongprocessname");
+        assert_eq!(cut, "verylongprocess");
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.contains("--comm verylongprocessname is longer than the 15 bytes")
+                && warning.contains("matching `verylongprocess`"),
+            "{warning}"
+        );
+        // Cut as the kernel cuts: by bytes, a split character shown lossily.
+        let (cut, _) = comm_as_kernel_keeps_it("ééééééééé");
+        assert_eq!(cut, "ééééééé\u{fffd}");
+    }
+
+    #[test]
+    fn a_pid_that_is_no_process_is_said() {
+        let w = pid_warning(4_000_000, |_| None).expect("warning");
+        assert!(w.starts_with("no process 4000000 is running now"), "{w}");
+        let w = pid_warning(101, |_| Some(100)).expect("warning");
+        assert_eq!(
+            w,
+            "101 is a thread of process 100, and --pid selects processes: use --pid 100"
+        );
+        assert_eq!(pid_warning(100, |_| Some(100)), None);
+    }
+
+    #[test]
+    fn describes_what_it_watches() {
+        assert_eq!(
+            EventFilter::default().describe(),
+            "every port of every process"
+        );
+        let f = EventFilter {
+            ports: vec![80, 443, 8080],
+            pid: Some(12),
+            ..Default::default()
+        };
+        assert_eq!(f.describe(), "ports 80, 443 and 8080 of process 12");
+        let f = EventFilter {
+            ports: vec![9999],
+            comm: Some("nginx".into()),
+            ..Default::default()
+        };
+        assert_eq!(f.describe(), "port 9999 of processes named nginx");
     }
 
     #[test]

@@ -143,10 +143,15 @@ impl JournalConfig {
 pub enum JournalError {
     #[error(
         "permission denied trying to {action} {}: run as root, or pass --journal DIR \
-         naming a directory you can write",
+         naming a directory you can {access}",
         path.display()
     )]
-    PermissionDenied { action: &'static str, path: PathBuf },
+    PermissionDenied {
+        action: &'static str,
+        path: PathBuf,
+        /// `read` for a reader, `write` for the recorder.
+        access: &'static str,
+    },
     #[error("{} is on a read-only filesystem: pass --journal DIR naming a writable directory", path.display())]
     ReadOnly { path: PathBuf },
     #[error(
@@ -168,12 +173,13 @@ pub enum JournalError {
         path.display()
     )]
     Locked { path: PathBuf },
-    #[error("cannot {action} {}: {source}", path.display())]
+    // The cause is part of the message and deliberately not a `source`:
+    // error chains (`{:#}`) would print it twice.
+    #[error("cannot {action} {}: {cause}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error(
         "record of {len} bytes is larger than the {max} bytes a journal record may take; \
@@ -186,11 +192,29 @@ pub enum JournalError {
     Encode(#[source] serde_json::Error),
 }
 
-/// Maps an I/O error to the variant that tells the user what to do.
+/// Maps a writer's I/O error to the variant that tells the user what to do.
 fn io_err(action: &'static str, path: &Path, e: io::Error) -> JournalError {
+    map_io_err(action, path, e, "write")
+}
+
+/// [`io_err`] for a reader: it needs to read the journal, not to write it.
+fn read_err(action: &'static str, path: &Path, e: io::Error) -> JournalError {
+    map_io_err(action, path, e, "read")
+}
+
+fn map_io_err(
+    action: &'static str,
+    path: &Path,
+    e: io::Error,
+    access: &'static str,
+) -> JournalError {
     let path = path.to_path_buf();
     match (e.kind(), e.raw_os_error()) {
-        (io::ErrorKind::PermissionDenied, _) => JournalError::PermissionDenied { action, path },
+        (io::ErrorKind::PermissionDenied, _) => JournalError::PermissionDenied {
+            action,
+            path,
+            access,
+        },
         #[cfg(unix)]
         (_, Some(libc::EROFS)) => JournalError::ReadOnly { path },
         #[cfg(unix)]
@@ -202,7 +226,7 @@ fn io_err(action: &'static str, path: &Path, e: io::Error) -> JournalError {
         _ => JournalError::Io {
             action,
             path,
-            source: e,
+            cause: e,
         },
     }
 }
@@ -606,7 +630,7 @@ pub fn read_dir(dir: &Path) -> Result<ReadOutcome, JournalError> {
         io::ErrorKind::NotADirectory => JournalError::NotADirectory {
             path: dir.to_path_buf(),
         },
-        _ => io_err("list journal directory", dir, e),
+        _ => read_err("list journal directory", dir, e),
     })?;
     let mut out = ReadOutcome::default();
     for (_, tmp, path) in listed {
@@ -618,7 +642,7 @@ pub fn read_dir(dir: &Path) -> Result<ReadOutcome, JournalError> {
             // Rotated away by a running writer since the listing.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Err(io_err("read journal segment", &path, e))
+                return Err(read_err("read journal segment", &path, e))
             }
             Err(e) => {
                 out.damage.push(Damage {
@@ -1206,6 +1230,24 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("--journal DIR"), "{msg}");
+        assert!(msg.ends_with("a directory you can write"), "{msg}");
+        let unreadable = read_err(
+            "list journal directory",
+            Path::new(DEFAULT_DIR),
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert!(
+            unreadable.to_string().ends_with("a directory you can read"),
+            "{unreadable}"
+        );
+        // The cause is said once, also through an error chain.
+        let gone = io_err(
+            "create journal directory",
+            Path::new("/proc/foo"),
+            io::Error::from_raw_os_error(libc::ENOENT),
+        );
+        let chain = format!("{:#}", anyhow::Error::new(gone));
+        assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
 
         let tmp = tempfile::tempdir().unwrap();
         let missing = read_dir(&tmp.path().join("nope")).err();

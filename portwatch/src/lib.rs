@@ -23,6 +23,22 @@ pub mod timefmt;
 /// parts build and are tested everywhere; the system calls only on Windows.
 pub mod windows;
 
+/// Whether an error comes from writing to a closed pipe (`portwatch ... |
+/// head`): the reader stopped reading, which is no failure of portwatch's.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `1 event`, `2 events`: a count with its noun.
+pub fn plural(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(target_os = "linux")]
 pub mod procfd;
 #[cfg(target_os = "linux")]

@@ -51,6 +51,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // `portwatch who 80 | head -2`: the reader has what it wanted.
+        Err(e) if portwatch::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portwatch: error: {e:#}");
             ExitCode::FAILURE

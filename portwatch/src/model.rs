@@ -240,7 +240,13 @@ impl PoolUse {
     }
 }
 
-/// One observation. Field names are the stable JSON schema.
+/// The version of the JSON schema (events, `summary`, `who --json`,
+/// `history --json`), in the summary as `schema_version`. Raised when a key
+/// changes meaning or goes away; new keys do not raise it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One observation. Field names are the stable JSON schema; every key is
+/// always present, `null` when it does not apply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Wall-clock nanoseconds since the Unix epoch; RFC 3339 in JSON.
@@ -263,50 +269,50 @@ pub struct Event {
     pub ret: Option<i32>,
     /// The errno's name when `ret` is negative.
     pub errno: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub holder: Option<Holder>,
     pub attribution: Attribution,
     /// Full command line, when the process could be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cmdline: Option<String>,
     /// cgroup path (systemd unit or container), when the process could be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cgroup: Option<String>,
     /// The cgroup v2 id the kernel saw the owner in; it names the cgroup even
     /// after the process has exited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cgroup_id: Option<u64>,
     /// For `lost` events: how many events were dropped since the previous one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub lost: Option<u64>,
     /// For `lost` events: why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub lost_reason: Option<LostReason>,
     /// The socket's identity within this run, tying its events together.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub sock: Option<SockId>,
     /// Inode of the socket's network namespace (as `ls -iL /proc/PID/ns/net`
     /// shows), which tells containers apart.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub netns: Option<u64>,
     /// The pid inside the process's own pid namespace (a container's view,
     /// as its logs name it), when it differs from `pid`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub container_pid: Option<u32>,
     /// Client or server end, from how the socket was born (when this run
     /// saw it born, or found it in the start-up snapshot).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub side: Option<Side>,
     /// On a connect() that failed with EADDRNOTAVAIL: the sockets holding
     /// ports towards its destination when portwatch looked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pool: Option<PoolUse>,
     /// Why `holder` (on EADDRINUSE) or `pool` could not be found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub lookup_error: Option<String>,
     /// What about this event was inferred rather than reported by the
     /// kernel (on hooks that cannot see a call's result), and from what.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub inferred: Option<String>,
     /// CLOCK_BOOTTIME of the event as the kernel stamped it (0 when not
     /// from the kernel); the journal keeps it as the time that no wall-clock

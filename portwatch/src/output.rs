@@ -53,7 +53,8 @@ pub struct TextSink<W: Write> {
     color: bool,
     offset: time::UtcOffset,
     header_done: bool,
-    dates: bool,
+    /// Full dates with their zone marked, for records that span days.
+    dates: Option<timefmt::Zone>,
     /// portwatch's own network namespace: others are named on each line.
     own_netns: Option<u64>,
 }
@@ -78,7 +79,7 @@ impl<W: Write> TextSink<W> {
             color,
             offset: time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC),
             header_done: false,
-            dates: false,
+            dates: None,
             own_netns: own_netns(),
         }
     }
@@ -89,9 +90,10 @@ impl<W: Write> TextSink<W> {
         self
     }
 
-    /// Print the date too: for records that span days and boots.
-    pub fn with_dates(mut self) -> Self {
-        self.dates = true;
+    /// Print the date too, its zone marked: for records that span days
+    /// and boots.
+    pub fn with_dates(mut self, zone: timefmt::Zone) -> Self {
+        self.dates = Some(zone);
         self
     }
 
@@ -99,6 +101,14 @@ impl<W: Write> TextSink<W> {
     pub fn with_offset(mut self, offset: time::UtcOffset) -> Self {
         self.offset = offset;
         self
+    }
+
+    fn time_width(&self) -> usize {
+        match self.dates {
+            Some(timefmt::Zone::Utc) => timefmt::DATE_MS_MARKED_WIDTH - 5,
+            Some(timefmt::Zone::Local(_)) => timefmt::DATE_MS_MARKED_WIDTH,
+            None => 12,
+        }
     }
 
     fn paint(&self, style: Style, s: &str) -> String {
@@ -158,8 +168,8 @@ fn runtime_hint(ev: &Event) -> Option<String> {
 fn detail(ev: &Event) -> String {
     match ev.event {
         EventKind::Lost => format!(
-            "{} events lost ({})",
-            ev.lost.unwrap_or(0),
+            "{} lost ({})",
+            crate::plural(ev.lost.unwrap_or(0), "event", "events"),
             ev.lost_reason
                 .unwrap_or(crate::model::LostReason::RingBuffer)
                 .describe()
@@ -211,15 +221,14 @@ impl<W: Write> Sink for TextSink<W> {
                 "COMM",
                 "EVENT",
                 "LOCAL -> REMOTE",
-                w = if self.dates { 23 } else { 12 }
+                w = self.time_width()
             );
             let h = self.paint(Style::new().bold(), &h);
             writeln!(self.out, "{h}")?;
         }
-        let time = if self.dates {
-            timefmt::date_ms(ev.time, self.offset)
-        } else {
-            timefmt::clock_ms(ev.time, self.offset)
+        let time = match self.dates {
+            Some(zone) => timefmt::date_ms_marked(ev.time, zone),
+            None => timefmt::clock_ms(ev.time, self.offset),
         };
         let pid = ev.pid.map_or("-".to_owned(), |p| p.to_string());
         // A process names itself (prctl PR_SET_NAME): escape what it chose.
@@ -257,7 +266,7 @@ impl<W: Write> Sink for TextSink<W> {
         writeln!(
             self.out,
             "{time:<w$} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}{place}",
-            w = if self.dates { 23 } else { 12 }
+            w = self.time_width()
         )?;
         if failed {
             if let Some(hint) = runtime_hint(ev) {
@@ -271,18 +280,41 @@ impl<W: Write> Sink for TextSink<W> {
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
         let title = self.paint(Style::new().bold(), "summary");
         let l = &s.lost_by_reason;
-        writeln!(
-            self.out,
-            "\n{title}: {} events in {:.1}s, {} lost (ring buffer {}, recursion {}, inferred from broken chains {})",
-            s.events, s.duration_s, s.lost, l.ring_buffer, l.recursion, l.inferred
-        )?;
+        let lost = if s.lost == 0 {
+            "nothing lost".to_owned()
+        } else {
+            format!(
+                "{} lost (ring buffer {}, recursion {}, inferred from broken chains {})",
+                s.lost, l.ring_buffer, l.recursion, l.inferred
+            )
+        };
+        if s.events == 0 {
+            // Say what was watched: an empty trace is an answer too.
+            let watched = s
+                .watched
+                .as_ref()
+                .map(|w| format!(" on {}", visible(&w.describe())))
+                .unwrap_or_default();
+            writeln!(
+                self.out,
+                "\n{title}: no events in {:.1}s of watching TCP state changes, bind() and connect(){watched}; {lost}",
+                s.duration_s
+            )?;
+        } else {
+            writeln!(
+                self.out,
+                "\n{title}: {} in {:.1}s, {lost}",
+                crate::plural(s.events, "event", "events"),
+                s.duration_s
+            )?;
+        }
         if let Some(r) = s.ephemeral_range {
             writeln!(
                 self.out,
-                "ephemeral port range {}-{} ({} ports per destination)",
+                "ephemeral port range {}-{} ({} per destination)",
                 r.low,
                 r.high,
-                r.size()
+                crate::plural(r.size(), "port", "ports")
             )?;
         }
         if !s.processes.is_empty() {
@@ -314,7 +346,7 @@ impl<W: Write> Sink for TextSink<W> {
                 self.out,
                 "{:>7} {:<15} {:>8} {:>9}  {}",
                 p.pid.map_or("-".to_owned(), |v| v.to_string()),
-                p.comm.as_deref().unwrap_or("?"),
+                p.comm.as_deref().map_or("?".into(), visible),
                 p.events,
                 p.timewait,
                 if fails.is_empty() {
@@ -441,6 +473,44 @@ mod tests {
         assert!(!s.contains("java"), "{s}");
         let v: serde_json::Value = serde_json::from_str(&s).expect("json");
         assert_eq!(v["errno"], "EADDRNOTAVAIL");
+    }
+
+    fn summary_text(s: &Summary) -> String {
+        let mut out = Vec::new();
+        {
+            let mut sink = TextSink::new(&mut out, false);
+            sink.summary(s).expect("summary");
+            sink.flush().expect("flush");
+        }
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn an_empty_trace_says_how_long_it_ran_and_what_it_watched() {
+        let mut agg = crate::aggregate::Aggregator::new(None);
+        agg.started_at(0);
+        let mut s = agg.summary(3_000_000_000);
+        s.watched = Some(crate::filter::EventFilter {
+            ports: vec![9999],
+            ..Default::default()
+        });
+        let t = summary_text(&s);
+        assert_eq!(
+            t.trim(),
+            "summary: no events in 3.0s of watching TCP state changes, bind() and connect() on port 9999 of every process; nothing lost",
+        );
+        agg.add(&failed_connect());
+        let t = summary_text(&agg.summary(8_000_000_000));
+        assert!(
+            t.starts_with("\nsummary: 1 event in 8.0s, nothing lost\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn one_lost_event_is_one_event() {
+        let t = text(&[Event::lost(0, 1, crate::model::LostReason::RingBuffer)]);
+        assert!(t.contains(" 1 event lost (ring buffer full)"), "{t}");
     }
 
     #[test]

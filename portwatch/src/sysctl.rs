@@ -229,6 +229,13 @@ impl serde::Serialize for PortSet {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for PortSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PortSet::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 fn parse_port(s: &str) -> Result<u16, PortListError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(PortListError::Junk(s.to_owned()));

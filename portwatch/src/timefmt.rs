@@ -44,6 +44,42 @@ pub fn clock_ms(ns: i128, offset: time::UtcOffset) -> String {
     }
 }
 
+/// How a date is shown to a person: in local time, or in UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Zone {
+    /// Local time, at this offset from UTC.
+    Local(time::UtcOffset),
+    Utc,
+}
+
+impl Zone {
+    /// This machine's local time (UTC when the offset cannot be known).
+    pub fn local() -> Self {
+        Zone::Local(time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC))
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` with its zone marked: `+01:00` (or `-05:00`,
+/// `+00:00`) for local time, `Z` for UTC. [`DATE_MS_MARKED_WIDTH`] wide at most.
+pub fn date_ms_marked(ns: i128, zone: Zone) -> String {
+    match zone {
+        Zone::Utc => format!("{}Z", date_ms(ns, time::UtcOffset::UTC)),
+        Zone::Local(offset) => {
+            let (h, m, _) = offset.as_hms();
+            let sign = if offset.is_negative() { '-' } else { '+' };
+            format!(
+                "{}{sign}{:02}:{:02}",
+                date_ms(ns, offset),
+                h.unsigned_abs(),
+                m.unsigned_abs()
+            )
+        }
+    }
+}
+
+/// The widest [`date_ms_marked`].
+pub const DATE_MS_MARKED_WIDTH: usize = 29;
+
 /// Local `YYYY-MM-DD HH:MM:SS.mmm`.
 pub fn date_ms(ns: i128, offset: time::UtcOffset) -> String {
     match OffsetDateTime::from_unix_timestamp_nanos(ns) {
@@ -78,9 +114,46 @@ pub mod rfc3339_ns {
     }
 }
 
+/// [`rfc3339_ns`] for an optional time (absent or null: None).
+pub mod rfc3339_ns_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ns: &Option<i128>, s: S) -> Result<S::Ok, S::Error> {
+        match ns {
+            Some(ns) => s.serialize_str(&super::format_ns(*ns)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i128>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_ns(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_for_people_say_their_zone() {
+        let ns = 1_795_471_262_123_456_789i128;
+        assert_eq!(date_ms_marked(ns, Zone::Utc), "2026-11-23 22:01:02.123Z");
+        let cet = time::UtcOffset::from_hms(1, 0, 0).expect("offset");
+        assert_eq!(
+            date_ms_marked(ns, Zone::Local(cet)),
+            "2026-11-23 23:01:02.123+01:00"
+        );
+        let nst = time::UtcOffset::from_hms(-3, -30, 0).expect("offset");
+        let s = date_ms_marked(ns, Zone::Local(nst));
+        assert_eq!(s, "2026-11-23 18:31:02.123-03:30");
+        assert_eq!(s.len(), DATE_MS_MARKED_WIDTH);
+        assert_eq!(
+            date_ms_marked(ns, Zone::Local(time::UtcOffset::UTC)),
+            "2026-11-23 22:01:02.123+00:00"
+        );
+    }
 
     #[test]
     fn formats_and_parses_with_nanoseconds() {

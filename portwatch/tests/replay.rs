@@ -54,8 +54,9 @@ fn json_replay_reproduces_every_recorded_value() {
         for (k, v) in &want {
             assert_eq!(got.get(k), Some(v), "{k} in {want:?}");
         }
-        for k in got.keys().filter(|k| !want.contains_key(*k)) {
-            assert_eq!(k, "side", "only the side is derived again");
+        // Keys newer than the recording: null, but for the side, derived again.
+        for (k, v) in got.iter().filter(|(k, _)| !want.contains_key(*k)) {
+            assert!(k == "side" || v.is_null(), "{k}: {v}");
         }
     }
     // Replaying the replay changes nothing at all.
@@ -260,4 +261,44 @@ fn a_bad_recording_is_a_clear_error() {
         .output()
         .expect("run");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot open the recording"));
+}
+
+#[test]
+fn the_summary_keeps_the_recorded_runs_wall_time() {
+    // Two events milliseconds apart, in a run the recording says lasted
+    // 5 s until the first of them.
+    let events = fixture_events();
+    let first: Value = serde_json::from_str(&events[0]).expect("event");
+    let end = first["time"].as_str().expect("time");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("run.jsonl");
+    let summary = serde_json::json!({
+        "event": "summary", "time": end, "duration_s": 5.0, "events": 2, "lost": 0,
+    });
+    std::fs::write(&path, format!("{}\n{}\n{summary}\n", events[0], events[1])).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_portwatch"))
+        .args(["trace", "--json", "--summary-only", "--replay"])
+        .arg(&path)
+        .output()
+        .expect("run portwatch");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let summary = json_lines(&out).pop().expect("summary");
+    let d = summary["duration_s"].as_f64().expect("duration_s");
+    assert!((5.0..5.5).contains(&d), "{summary}");
+    assert_eq!(summary["watched"]["ports"], serde_json::json!([]));
+}
+
+#[test]
+fn a_comm_longer_than_the_kernel_keeps_is_cut_with_a_warning() {
+    // 'python3' padded past 15 bytes: cut back, it matches the recording.
+    let (code, out, err) = replay(&["--json", "--comm", "python3456789012345"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("--comm python3456789012345 is longer than the 15 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("matching `python345678901`"), "{err}");
+    let (_, out_short, _) = replay(&["--json", "--comm", "python3"]);
+    assert_ne!(out_short.lines().count(), 1, "python3's events are there");
+    assert_eq!(out.lines().count(), 1, "only the summary: {out}");
 }

@@ -118,16 +118,8 @@ pub fn show(cmd: &Command) -> String {
 
 /// Whether this process runs with effective uid 0.
 pub fn is_root() -> bool {
-    // /proc/self/status: "Uid:\t<real>\t<effective>\t<saved>\t<fs>".
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The first executable `name` on PATH.

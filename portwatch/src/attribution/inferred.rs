@@ -36,6 +36,12 @@ impl PendingBinds {
     pub fn is_empty(&self) -> bool {
         self.by_tid.is_empty()
     }
+
+    /// The time of the oldest attempt waiting: output after it is held back
+    /// until it is resolved, to stay in order.
+    pub fn oldest(&self) -> Option<i128> {
+        self.by_tid.values().map(|ev| ev.time).min()
+    }
 }
 
 impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {

@@ -344,7 +344,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     }
 
     /// Re-checks closes that were waiting in the FIN_WAIT2 sub-state; returns
-    /// a timewait event (timed `now`) for each that has reached TIME_WAIT.
+    /// a timewait event for each that has reached TIME_WAIT, timed like the
+    /// close (when the kernel hashed the timewait socket), not when it was
+    /// seen.
     /// `final_check`: the trace ends, so forget the ones still waiting.
     pub fn poll(&mut self, now: i128, final_check: bool) -> Vec<Event> {
         let mut out = Vec::new();
@@ -370,9 +372,6 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                             let tw = Event {
                                 event: EventKind::Timewait,
                                 new_state: Some(TcpState::TimeWait),
-                                time: now.max(ev.time),
-                                // Seen now, not when the kernel stamped the close.
-                                boot_ns: 0,
                                 ..ev
                             };
                             self.remember_origin(&tw);
@@ -392,6 +391,17 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// Whether [`Attributor::poll`] has anything to re-check.
     pub fn has_pending(&self) -> bool {
         !self.fw2_pending.is_empty() || !self.pending_binds.is_empty()
+    }
+
+    /// The time of the oldest close still waiting in the FIN_WAIT2
+    /// sub-state: a timewait event [`Attributor::poll`] returns is never
+    /// older than this.
+    pub fn oldest_pending(&self) -> Option<i128> {
+        self.fw2_pending
+            .values()
+            .map(|ev| ev.time)
+            .chain(self.pending_binds.oldest())
+            .min()
     }
 
     /// One message in, zero or more answers out.

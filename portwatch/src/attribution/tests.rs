@@ -360,13 +360,14 @@ fn orphan_fin_wait2_becomes_timewait_when_the_peer_fin_arrives() {
     let out = a.process(fin_wait2_close());
     assert_eq!(out.len(), 1, "no TIME_WAIT yet: {out:?}");
     assert!(a.has_pending());
+    assert_eq!(a.oldest_pending(), Some(1_000));
     assert!(a.poll(2_000, false).is_empty());
     a.sockets.0 = Some(TcpState::TimeWait);
     let tw = a.poll(3_000, false);
     assert_eq!(tw.len(), 1);
     assert_eq!(tw[0].event, EventKind::Timewait);
     assert_eq!(tw[0].pid, Some(42));
-    assert_eq!(tw[0].time, 3_000);
+    assert_eq!(tw[0].time, 1_000, "the close's time, not the re-check's");
     assert!(!a.has_pending());
 }
 

@@ -7,10 +7,11 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use crate::cli::HistoryArgs;
+use crate::escape::visible;
 use crate::journal::{self, Record};
 use crate::model::{Event, EventKind, TcpState};
 use crate::output::{one_line, Sink, TextSink};
-use crate::timefmt::{format_ns, now_ns, parse_when};
+use crate::timefmt::{date_ms_marked, now_ns, parse_when, Zone};
 
 /// One boot in the journal, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -62,7 +63,12 @@ pub fn resolve_boot(spec: &str, boots: &[Boot], current: &str) -> Result<String,
             .ok()
             .and_then(|i| boots.get(i))
             .map(|b| b.boot_id.clone())
-            .ok_or_else(|| format!("--boot {n}: the journal holds only {} boots", boots.len()));
+            .ok_or_else(|| {
+                format!(
+                    "--boot {n}: the journal holds only {}",
+                    crate::plural(boots.len() as u64, "boot", "boots")
+                )
+            });
     }
     let spec = spec.replace('-', "");
     let matches: Vec<&Boot> = boots
@@ -133,9 +139,8 @@ fn record_json(r: &Record, how: Option<&How>) -> anyhow::Result<String> {
     if let Some(obj) = v.as_object_mut() {
         obj.insert("boot_id".into(), r.boot_id.clone().into());
         obj.insert("mono_ns".into(), r.mono_ns.into());
-        if let Some(h) = how {
-            obj.insert("how".into(), serde_json::to_value(h)?);
-        }
+        // Every key always present: `how` is null outside --first.
+        obj.insert("how".into(), serde_json::to_value(how)?);
     }
     Ok(serde_json::to_string(&v)?)
 }
@@ -153,6 +158,9 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
         eprintln!("portwatch: journal: skipped damaged data in {d}");
     }
     let all_boots = boots(&outcome.records);
+    // One convention for every time shown: local, marked with its offset,
+    // or UTC (`Z`) with --utc. JSON is always RFC 3339 UTC.
+    let zone = if args.utc { Zone::Utc } else { Zone::local() };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if args.list_boots {
@@ -173,11 +181,11 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
             } else {
                 writeln!(
                     out,
-                    "{offset:>3} {}  {} .. {}  {} records",
+                    "{offset:>3} {}  {} .. {}  {}",
                     b.boot_id,
-                    format_ns(b.first),
-                    format_ns(b.last),
-                    b.records
+                    date_ms_marked(b.first, zone),
+                    date_ms_marked(b.last, zone),
+                    crate::plural(b.records as u64, "record", "records")
                 )?;
             }
         }
@@ -213,7 +221,7 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
     let filter = crate::filter::EventFilter {
         pid: args.pid,
         ports: args.ports.clone(),
-        comm: args.comm.clone(),
+        comm: super::comm_filter(args.comm.as_deref()),
         errors_only: false,
     };
     let mut selected: Vec<&Record> = outcome
@@ -251,13 +259,15 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
                     writeln!(
                         out,
                         "port {port} was first taken at {} (boot {}) by pid {} ({}{}): {what}",
-                        format_ns(e.time),
+                        date_ms_marked(e.time, zone),
                         &r.boot_id,
                         e.pid.map_or("?".to_owned(), |p| p.to_string()),
-                        e.comm.as_deref().unwrap_or("?"),
-                        e.cmdline
-                            .as_deref()
-                            .map_or(String::new(), |c| format!(": {}", one_line(c, 100))),
+                        // A process names itself: escape what it chose.
+                        e.comm.as_deref().map_or("?".into(), visible),
+                        e.cmdline.as_deref().map_or(String::new(), |c| format!(
+                            ": {}",
+                            visible(&one_line(c, 100))
+                        )),
                     )?;
                 }
             }
@@ -280,7 +290,7 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
         out.flush()?;
     } else {
         drop(out);
-        let mut sink = TextSink::new(io::stdout(), false).with_dates();
+        let mut sink = TextSink::new(io::stdout(), false).with_dates(zone);
         for r in &selected {
             sink.event(&r.event)?;
         }
@@ -294,5 +304,23 @@ fn endpoint(e: &Event) -> String {
         (Some(std::net::IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
         (Some(a), Some(p)) => format!("{a}:{p}"),
         _ => "?".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_boot_offset_past_the_journal_says_how_many_it_holds() {
+        let one = vec![Boot {
+            boot_id: "aaaa".into(),
+            first: 1,
+            last: 2,
+            records: 1,
+        }];
+        let e = resolve_boot("-1", &one, "aaaa").unwrap_err();
+        assert_eq!(e, "--boot -1: the journal holds only 1 boot");
+        assert_eq!(resolve_boot("0", &one, "aaaa").as_deref(), Ok("aaaa"));
     }
 }

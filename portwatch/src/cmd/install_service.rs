@@ -1,5 +1,6 @@
 //! `portwatch install-service`: installs and enables the boot-time recorder.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,11 +64,12 @@ pub fn run(args: InstallServiceArgs) -> anyhow::Result<()> {
         enable.push("--now");
     }
     enable.push(UNIT_NAME);
+    let mut out = std::io::stdout().lock();
     if args.dry_run {
-        println!("would write {}:", path.display());
-        print!("{unit}");
-        println!("would run: systemctl daemon-reload");
-        println!("would run: systemctl {}", enable.join(" "));
+        writeln!(out, "would write {}:", path.display())?;
+        write!(out, "{unit}")?;
+        writeln!(out, "would run: systemctl daemon-reload")?;
+        writeln!(out, "would run: systemctl {}", enable.join(" "))?;
         return Ok(());
     }
     if !crate::source::linux::capabilities().is_root() {
@@ -76,12 +78,13 @@ pub fn run(args: InstallServiceArgs) -> anyhow::Result<()> {
     std::fs::write(&path, &unit).with_context(|| format!("cannot write {}", path.display()))?;
     systemctl(&["daemon-reload"])?;
     systemctl(&enable)?;
-    println!(
+    writeln!(
+        out,
         "installed {} and enabled it: the recorder starts at the next boot{}; query it with `portwatch history --journal {}`",
         path.display(),
         if args.now { " and is running now" } else { " (add --now to start it at once)" },
         args.journal.display()
-    );
+    )?;
     Ok(())
 }
 

@@ -13,6 +13,18 @@ pub mod trace;
 #[cfg(target_os = "linux")]
 pub mod who;
 
+/// `--comm NAME` as a filter: cut to what the kernel keeps of a command
+/// name, saying so on stderr when it had to be cut.
+pub fn comm_filter(arg: Option<&str>) -> Option<String> {
+    arg.map(|c| {
+        let (comm, warning) = crate::filter::comm_as_kernel_keeps_it(c);
+        if let Some(w) = warning {
+            eprintln!("portwatch: warning: {w}");
+        }
+        comm
+    })
+}
+
 /// What ends a long-running command: SIGINT, SIGTERM or its --duration.
 /// Install it before printing `portwatch: attached`, since callers may
 /// signal as soon as they read that line. The signal streams live for the

@@ -133,6 +133,17 @@ fn needs_root(args: &ReserveArgs) -> String {
 }
 
 pub fn run(args: ReserveArgs) -> anyhow::Result<()> {
+    // The report is written once the change is made: a closed stdout
+    // (`portwatch reserve 1433 | head -1`) must not stop it half-way.
+    let mut report = Vec::new();
+    let result = change(&args, &mut report);
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(&report)?;
+    stdout.flush()?;
+    result
+}
+
+fn change(args: &ReserveArgs, out: &mut Vec<u8>) -> anyhow::Result<()> {
     let wanted = args
         .ports
         .iter()
@@ -140,7 +151,7 @@ pub fn run(args: ReserveArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if !args.dry_run && !root {
-        bail!(needs_root(&args));
+        bail!(needs_root(args));
     }
 
     let raw = sysctl::read(sysctl::RESERVED_PORTS)
@@ -173,7 +184,6 @@ pub fn run(args: ReserveArgs) -> anyhow::Result<()> {
     };
     let (after, persisted) = merged(&current, &wanted, file_value.as_ref());
 
-    let mut out = io::stdout().lock();
     let show = |s: &PortSet| {
         if s.is_empty() {
             "(none)".to_owned()
@@ -222,7 +232,7 @@ pub fn run(args: ReserveArgs) -> anyhow::Result<()> {
                 e.kind(),
                 io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
             ) {
-                bail!("{}: {e}", needs_root(&args));
+                bail!("{}: {e}", needs_root(args));
             }
             return Err(e).with_context(|| format!("writing {}", sysctl::RESERVED_PORTS));
         }
@@ -255,7 +265,7 @@ pub fn run(args: ReserveArgs) -> anyhow::Result<()> {
                 if root {
                     format!("writing {}", path.display())
                 } else {
-                    needs_root(&args)
+                    needs_root(args)
                 }
             })?;
         }

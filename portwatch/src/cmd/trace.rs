@@ -26,13 +26,23 @@ fn sink(args: &TraceArgs) -> Box<dyn Sink> {
     Box::new(TextSink::new(stdout, color))
 }
 
+/// The filter the arguments ask for; a `--comm` the kernel cannot hold is
+/// cut as the kernel would, with a warning.
 fn filter(args: &TraceArgs) -> EventFilter {
     EventFilter {
         pid: args.pid,
         ports: args.ports.clone(),
-        comm: args.comm.clone(),
+        comm: super::comm_filter(args.comm.as_deref()),
         errors_only: args.errors,
     }
+}
+
+/// The process (thread group) id of `pid`, if it exists now.
+#[cfg(target_os = "linux")]
+fn tgid_of(pid: u32) -> Option<u32> {
+    let pid = i32::try_from(pid).ok()?;
+    let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
+    u32::try_from(status.tgid).ok()
 }
 
 /// A closed stdout (`portwatch trace | head`) ends the trace quietly.
@@ -63,7 +73,11 @@ fn replay(args: &TraceArgs, path: &std::path::Path) -> anyhow::Result<()> {
         sink(args),
     )
     .quiet(args.summary_only);
-    let mut last = 0;
+    // The recorded run's own wall time, when its summary says it.
+    if let Some((start, _)) = recording.run {
+        pipeline = pipeline.started_at(start);
+    }
+    let mut last = recording.run.map_or(0, |(_, end)| end);
     for ev in recording.events {
         last = last.max(ev.time);
         // Losses inferred from broken chains are inferred again, from the
@@ -92,6 +106,13 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         Some(spec) => Some(resolve_netns(spec)?),
         None => None,
     };
+    // A recording's pids are history; a live trace's must exist now.
+    if let Some(w) = args
+        .pid
+        .and_then(|pid| crate::filter::pid_warning(pid, tgid_of))
+    {
+        eprintln!("portwatch: warning: {w}");
+    }
     let cfg = CollectorConfig {
         pid: args.pid,
         ports: args.ports.clone(),
@@ -120,6 +141,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     );
 
     let mut pipeline = Pipeline::new(attributor, filter(&args), ephemeral_range(), sink(&args))
+        .started_at(now_ns())
         .quiet(args.summary_only);
 
     // Closes waiting in the FIN_WAIT2 timewait sub-state are re-checked
@@ -152,6 +174,8 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The run ends here; what the ring still holds happened before now.
+    let ended = now_ns();
     // Detach, then take what the ring still holds before summarising.
     let ring_events = collector.ring_events();
     let stopper = tokio::spawn(collector.stop());
@@ -172,7 +196,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     }
     pipeline.set_ring_events(ring_events.load(std::sync::atomic::Ordering::Relaxed));
     if open {
-        quiet_on_broken_pipe(pipeline.finish(now_ns()))?;
+        quiet_on_broken_pipe(pipeline.finish(ended))?;
     }
     Ok(())
 }

@@ -112,7 +112,7 @@ pub fn report(
     privileged: bool,
 ) -> WhoReport {
     let mut users = HashMap::new();
-    let mut unowned_unknown = 0;
+    let mut unowned_unknown = 0u64;
     let mut sockets: Vec<SocketView> = entries
         .into_iter()
         .map(|e| {
@@ -192,7 +192,10 @@ pub fn report(
         port,
         sockets,
         missing: (unowned_unknown > 0).then(|| {
-            format!("the owners of {unowned_unknown} sockets belong to other users: run `sudo portwatch who {port}` to see them")
+            format!(
+                "the owners of {} belong to other users: run `sudo portwatch who {port}` to see them",
+                crate::plural(unowned_unknown, "socket", "sockets")
+            )
         }),
     }
 }
@@ -361,10 +364,10 @@ mod tests {
         assert!(tw.no_owner.as_deref().is_some_and(|w| w.contains("kernel")));
         let udp = r.sockets.iter().find(|s| s.state == "UNCONN").expect("udp");
         assert_eq!(udp.pid, None);
-        assert!(r
-            .missing
-            .as_deref()
-            .is_some_and(|m| m.contains("sudo portwatch who 1433")));
+        assert_eq!(
+            r.missing.as_deref(),
+            Some("the owners of 1 socket belong to other users: run `sudo portwatch who 1433` to see them")
+        );
         let mut text = Vec::new();
         write_text(&r, &mut text).expect("write");
         let text = String::from_utf8(text).expect("utf8");

@@ -307,7 +307,7 @@ pub fn find_endpoint(s: &str) -> (Option<String>, Option<u16>) {
 }
 
 fn linux_errno(n: u32) -> Option<ErrnoView> {
-    let name = crate::errno::name(i32::try_from(n).ok()?)?;
+    let name = crate::errno::socket_call_name(i32::try_from(n).ok()?)?;
     let wsa = WSA_CODES.iter().find(|(_, _, l)| *l == Some(name));
     Some(ErrnoView {
         name: name.to_owned(),

@@ -19,7 +19,9 @@ pub struct Mechanism {
 }
 
 /// A family of kernel hooks, as doctor reports them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HookKind {
     /// A stable tracepoint such as `sock:inet_sock_set_state`.
@@ -50,7 +52,7 @@ impl HookKind {
 }
 
 /// One variant tried for one kind of event (or one program type probed).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HookAttempt {
     /// As in the `attached` line, e.g. `fexit inet_bind+inet6_bind`.
     pub how: String,
@@ -83,7 +85,7 @@ pub struct MechanismSupport {
 
 /// What the running kernel accepts, as probed by loading portwatch's own
 /// programs the way `trace` would.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HookTable {
     pub events: Vec<EventHooks>,
     /// Program types probed for information only (cgroup hooks).
@@ -91,6 +93,51 @@ pub struct HookTable {
     /// Where each event's network namespace comes from (the kernel, through
     /// BTF offsets, or /proc and why).
     pub netns: Option<String>,
+}
+
+/// The kinds of event a hook table names (doctor's recorded facts are read
+/// back with these).
+pub const EVENT_KINDS: &[&str] = &["state", "timewait", "bind", "connect"];
+
+/// [`EventHooks`] as recorded (doctor's facts), before its kind of event is
+/// matched to one portwatch knows.
+#[derive(serde::Deserialize)]
+struct RecordedEventHooks {
+    event: String,
+    chosen: Option<String>,
+    mechanism: Option<HookKind>,
+    attempts: Vec<HookAttempt>,
+}
+
+impl<'de> serde::Deserialize<'de> for EventHooks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RecordedEventHooks::deserialize(d)?;
+        EventHooks::try_from(r).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<RecordedEventHooks> for EventHooks {
+    type Error = String;
+
+    fn try_from(r: RecordedEventHooks) -> Result<Self, String> {
+        let event = EVENT_KINDS
+            .iter()
+            .find(|k| **k == r.event)
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "unknown kind of event `{}`; expected one of {}",
+                    r.event,
+                    EVENT_KINDS.join(", ")
+                )
+            })?;
+        Ok(EventHooks {
+            event,
+            chosen: r.chosen,
+            mechanism: r.mechanism,
+            attempts: r.attempts,
+        })
+    }
 }
 
 impl HookTable {

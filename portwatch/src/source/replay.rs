@@ -19,17 +19,22 @@ pub enum ReplayError {
     },
 }
 
-/// A recording: its events in order, and the ephemeral port range of the
-/// machine it was made on (from its summary line), for capacity figures.
+/// A recording: its events in order, and from its summary line the
+/// ephemeral port range of the machine it was made on (for capacity
+/// figures) and when the recorded run began and ended (wall-clock ns).
 #[derive(Debug, Default)]
 pub struct Recording {
     pub events: Vec<Event>,
     pub range: Option<PortRange>,
+    pub run: Option<(i128, i128)>,
 }
 
 #[derive(Deserialize)]
 struct RecordedSummary {
     ephemeral_range: Option<PortRange>,
+    #[serde(default, with = "crate::timefmt::rfc3339_ns_opt")]
+    time: Option<i128>,
+    duration_s: Option<f64>,
 }
 
 /// Reads a recording. Summary lines are not replayed: replay makes its own.
@@ -44,6 +49,9 @@ pub fn read(input: impl BufRead) -> Result<Recording, ReplayError> {
         if trimmed.contains("\"event\":\"summary\"") {
             if let Ok(s) = serde_json::from_str::<RecordedSummary>(trimmed) {
                 out.range = out.range.or(s.ephemeral_range);
+                if let (Some(end), Some(d)) = (s.time, s.duration_s) {
+                    out.run = Some((end - (d * 1e9) as i128, end));
+                }
             }
             continue;
         }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
+use procfs::ProcessCGroups;
+
 /// cgroup v2 ids (the inode of the cgroup's directory) to paths, rebuilt
 /// when an unknown id turns up, at most once a second.
 #[derive(Clone, Default)]
@@ -52,28 +54,23 @@ impl CgroupIndex {
 /// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
 /// /sys/fs/cgroup/unified on hybrid systems).
 pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next() == Some("cgroup2"))
-            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))
-            .flatten()
-    })
+    procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .ok()?
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
 }
 
 /// The unified (v2) path, else the systemd or first v1 path.
-pub fn cgroup_path(proc_cgroup: &str) -> Option<String> {
+pub fn cgroup_path(groups: &ProcessCGroups) -> Option<String> {
     let mut fallback = None;
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if id == "0" && ctrl.is_empty() {
-            return Some(path.to_owned());
+    for g in groups {
+        if g.hierarchy == 0 && g.controllers.is_empty() {
+            return Some(g.pathname.clone());
         }
-        if ctrl == "name=systemd" || fallback.is_none() {
-            fallback = Some(path.to_owned());
+        if g.controllers.iter().any(|c| c == "name=systemd") || fallback.is_none() {
+            fallback = Some(g.pathname.clone());
         }
     }
     fallback
@@ -110,16 +107,24 @@ pub fn unit_from_cgroup(path: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn parsed(text: &str) -> ProcessCGroups {
+        use procfs::FromBufRead as _;
+        ProcessCGroups::from_buf_read(text.as_bytes()).expect("cgroup text")
+    }
+
     #[test]
     fn prefers_the_unified_cgroup_path() {
         let s = "12:pids:/user.slice\n1:name=systemd:/system.slice/mssql.service\n0::/system.slice/mssql.service\n";
         assert_eq!(
-            cgroup_path(s).as_deref(),
+            cgroup_path(&parsed(s)).as_deref(),
             Some("/system.slice/mssql.service")
         );
         let v1 = "3:cpu:/a\n1:name=systemd:/system.slice/x.service\n";
-        assert_eq!(cgroup_path(v1).as_deref(), Some("/system.slice/x.service"));
-        assert_eq!(cgroup_path(""), None);
+        assert_eq!(
+            cgroup_path(&parsed(v1)).as_deref(),
+            Some("/system.slice/x.service")
+        );
+        assert_eq!(cgroup_path(&parsed("")), None);
     }
 
     #[test]
@@ -154,9 +159,10 @@ mod tests {
             eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
             return;
         };
-        let own = std::fs::read_to_string("/proc/self/cgroup")
+        let own = procfs::process::Process::myself()
+            .and_then(|p| p.cgroups())
             .ok()
-            .and_then(|s| cgroup_path(&s))
+            .and_then(|g| cgroup_path(&g))
             .expect("own cgroup");
         let dir = root.join(own.trim_start_matches('/'));
         let Ok(meta) = std::fs::metadata(&dir) else {

@@ -28,18 +28,21 @@ impl ProcessLookup for LiveProcesses {
 
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo> {
         let netns = self.netns.register(pid);
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        let process = i32::try_from(pid)
             .ok()
-            .map(|raw| {
-                raw.split(|b| *b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            });
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|s| cgroup_path(&s));
+            .and_then(|pid| procfs::process::Process::new(pid).ok());
+        let cmdline = process.as_ref().and_then(|p| match p.cmdline() {
+            Ok(args) => Some(args.join(" ")),
+            // procfs refuses a command line that is not UTF-8; a process
+            // must not hide from portwatch that way.
+            Err(_) => std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " ")),
+        });
+        let cgroup = process
+            .as_ref()
+            .and_then(|p| p.cgroups().ok())
+            .and_then(|groups| cgroup_path(&groups));
         if cmdline.is_none() && cgroup.is_none() && netns.is_none() {
             return None;
         }
@@ -66,6 +69,35 @@ fn container_pid(pid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_line_that_is_not_utf8_is_still_shown() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let arg = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        // sh ignores its $0; sleep would refuse the word and exit.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5"])
+            .arg(arg)
+            .spawn()
+            .expect("sleep");
+        // exec may not have happened yet: wait for the new command line.
+        let mut info = None;
+        for _ in 0..100 {
+            info = LiveProcesses::default().lookup(child.id());
+            if info
+                .as_ref()
+                .and_then(|i| i.cmdline.as_deref())
+                .is_some_and(|c| c.starts_with("sh"))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let cmdline = info.and_then(|i| i.cmdline).expect("a command line");
+        assert_eq!(cmdline.trim_end(), "sh -c sleep 5 caf\u{fffd}");
+    }
 
     #[test]
     fn looks_up_this_process() {

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use super::netsh::{add_exclusion_command, excluded_set, DynamicRange, Exclusion};
 use super::printable;
 use super::tables::Row;
-use crate::cmd::doctor::{Finding, Severity, NARROW_RANGE, TW_CRITICAL, TW_WARNING};
+use crate::cmd::doctor::findings::{NARROW_RANGE, TW_CRITICAL, TW_WARNING};
+use crate::cmd::doctor::{Finding, Severity};
 use crate::sysctl::PortSpan;
 
 /// `HKLM\SYSTEM\CurrentControlSet\Services\Tcpip\Parameters`.

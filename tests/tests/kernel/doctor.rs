@@ -159,6 +159,42 @@ cat {RESERVED} >"$D/reserved2"
     Ok(())
 }
 
+/// `portwatch reserve ... | head -1`: the reader goes away, the change is
+/// still made, and the exit status is 0.
+#[test]
+fn reserve_makes_the_change_even_when_stdout_is_closed() -> Result<()> {
+    skip_unless_kernel!();
+    let run = in_netns(&format!(
+        r#"
+set -o pipefail
+# The reader closes its end at once; portwatch writes half a second later.
+rc=0
+{{ sleep 0.5; "$PW" reserve 40055 --persist --persist-file "$D/90.conf" 2>"$D/err"; }} \
+  | python3 -c 'import os, time; os.close(0); time.sleep(2)' || rc=$?
+echo "rc=$rc" >"$D/rc"
+cat {RESERVED} >"$D/reserved"
+"#
+    ))?;
+    ensure!(
+        run.file("rc").trim() == "rc=0",
+        "{}{}",
+        run.file("rc"),
+        run.file("err")
+    );
+    ensure!(run.file("err").is_empty(), "{}", run.file("err"));
+    ensure!(
+        run.file("reserved").trim() == "40055",
+        "{}",
+        run.file("reserved")
+    );
+    ensure!(
+        run.file("90.conf").contains("= 40055"),
+        "{}",
+        run.file("90.conf")
+    );
+    Ok(())
+}
+
 #[test]
 fn reserve_dry_run_changes_nothing() -> Result<()> {
     skip_unless_kernel!();

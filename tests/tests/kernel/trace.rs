@@ -248,6 +248,34 @@ time.sleep(0.2)
         "one TIME_WAIT for the server {server} expected: {:#?}",
         run.events
     );
+    // Confirmed only when the client's FIN came, 0.5 s later, yet timed like
+    // the close and written before what happened after it.
+    let close = run
+        .of_kind("state")
+        .find(|e| e["sport"] == 23083 && e["old_state"] == "FIN_WAIT2" && e["new_state"] == "CLOSE")
+        .context("the server's close")?;
+    ensure!(tw[0]["time"] == close["time"], "{:#?}", run.events);
+    let at = run
+        .events
+        .iter()
+        .position(|e| e["event"] == "timewait")
+        .context("timewait")?;
+    let t = tw[0]["time"].as_str().context("time")?;
+    ensure!(
+        run.events[at..]
+            .iter()
+            .filter(|e| e["event"] != "summary")
+            .all(|e| e["time"].as_str().is_some_and(|x| x >= t)),
+        "written out of order: {:#?}",
+        run.events
+    );
+    ensure!(
+        !run.events[..at]
+            .iter()
+            .any(|e| e["time"].as_str().is_some_and(|x| x > t)),
+        "later events written before the timewait: {:#?}",
+        run.events
+    );
     Ok(())
 }
 
@@ -682,6 +710,57 @@ for _ in range({N}):
     eprintln!(
         "aggregate mode: {ring} of {kernel_events} events crossed the ring (full trace: {})",
         fs["ring_events"]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_trace_that_sees_nothing_says_how_long_it_ran_and_what_it_watched() -> Result<()> {
+    skip_unless_kernel!();
+    let run = integration_tests::in_netns(
+        r#"
+"$PW" trace --port 23999 --duration 1.5 >"$D/text" 2>"$D/text.err"
+"$PW" trace --port 23999 --duration 1 --json >"$D/json" 2>"$D/json.err"
+"#,
+    )?;
+    let text = run.file("text");
+    ensure!(
+        text.contains("summary: no events in 1.5s of watching TCP state changes, bind() and connect() on port 23999 of every process; nothing lost"),
+        "{text}{}",
+        run.file("text.err")
+    );
+    let summary: Value = serde_json::from_str(run.file("json").trim())
+        .with_context(|| format!("summary line: {}", run.file("json")))?;
+    let d = summary["duration_s"].as_f64().context("duration_s")?;
+    ensure!((1.0..1.5).contains(&d), "the run's wall time: {summary}");
+    ensure!(summary["events"] == 0, "{summary}");
+    ensure!(
+        summary["watched"]["ports"] == serde_json::json!([23999]),
+        "{summary}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_pid_that_no_process_has_is_said() -> Result<()> {
+    skip_unless_kernel!();
+    let run = integration_tests::in_netns(
+        r#"
+"$PW" trace --pid 4000000 --duration 0.5 >"$D/out" 2>"$D/err"
+sleep 60 & t=$!
+"$PW" trace --pid $t --duration 0.2 >/dev/null 2>"$D/own"
+kill $t
+"#,
+    )?;
+    let err = run.file("err");
+    ensure!(
+        err.contains("portwatch: warning: no process 4000000 is running now"),
+        "{err}"
+    );
+    ensure!(
+        !run.file("own").contains("warning"),
+        "a running process is no warning: {}",
+        run.file("own")
     );
     Ok(())
 }

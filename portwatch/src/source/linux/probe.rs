@@ -41,14 +41,9 @@ impl Capabilities {
 pub fn capabilities() -> Capabilities {
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
-    let effective = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0);
+    let effective = procfs::process::Process::myself()
+        .and_then(|p| p.status())
+        .map_or(0, |s| s.capeff);
     Capabilities { euid, effective }
 }
 
