@@ -4,6 +4,13 @@ use clap::Parser;
 use portwatch::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // A child of portwatch's own, run to parse the kernel's BTF outside the
+    // tracer's memory (see source::linux::offsets::kernel_isolated).
+    #[cfg(target_os = "linux")]
+    if std::env::args().nth(1).as_deref() == Some(portwatch::source::linux::offsets::CHILD_ARG) {
+        portwatch::source::linux::offsets::print_for_parent();
+        return ExitCode::SUCCESS;
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .init();

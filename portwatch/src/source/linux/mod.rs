@@ -120,7 +120,7 @@ impl LinuxCollector {
             return Err(CollectorError::NoStateTracepoint);
         }
 
-        let offsets = offsets::kernel();
+        let offsets = offsets::kernel_isolated();
         if cfg.netns.is_some() && offsets.missing.is_some() {
             return Err(CollectorError::NoNetns(
                 offsets.missing.clone().unwrap_or_default(),
@@ -143,6 +143,10 @@ impl LinuxCollector {
         // the peak RSS to one copy.
         let mut ebpf = {
             let mut loader = EbpfLoader::new();
+            // The programs carry no CO-RE relocations (offsets come in
+            // through OFFSETS): the kernel's BTF, parsed here by default,
+            // would only raise the peak memory.
+            loader.btf(None);
             loader.override_global("FILTER", &filter, true);
             loader.override_global("OFFSETS", &offsets.offsets, true);
             loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);

@@ -142,6 +142,87 @@ pub fn kernel() -> OffsetsReport {
     }
 }
 
+/// The argument that makes portwatch print the kernel's offsets and exit
+/// (see [`kernel_isolated`]).
+pub const CHILD_ARG: &str = "__kernel-offsets";
+
+fn fields(o: &KernelOffsets) -> [u32; 12] {
+    [
+        o.valid,
+        o.sock_net,
+        o.net_inum,
+        o.sock_protocol,
+        o.socket_sk,
+        o.task_nsproxy,
+        o.nsproxy_net,
+        o.task_files,
+        o.files_fdt,
+        o.fdt_fd,
+        o.fdt_max_fds,
+        o.file_private,
+    ]
+}
+
+/// Prints [`kernel`]'s answer for a parent (see [`kernel_isolated`]): the
+/// twelve offsets on one line, then why some are missing, if they are.
+pub fn print_for_parent() {
+    let r = kernel();
+    let nums: Vec<String> = fields(&r.offsets).iter().map(u32::to_string).collect();
+    println!("{}", nums.join(" "));
+    if let Some(why) = r.missing {
+        println!("{why}");
+    }
+}
+
+fn parse_child(out: &str) -> Option<OffsetsReport> {
+    let mut lines = out.lines();
+    let nums: Vec<u32> = lines
+        .next()?
+        .split_whitespace()
+        .map(|n| n.parse().ok())
+        .collect::<Option<_>>()?;
+    let [valid, sock_net, net_inum, sock_protocol, socket_sk, task_nsproxy, nsproxy_net, task_files, files_fdt, fdt_fd, fdt_max_fds, file_private] =
+        nums[..]
+    else {
+        return None;
+    };
+    Some(OffsetsReport {
+        offsets: KernelOffsets {
+            valid,
+            sock_net,
+            net_inum,
+            sock_protocol,
+            socket_sk,
+            task_nsproxy,
+            nsproxy_net,
+            task_files,
+            files_fdt,
+            fdt_fd,
+            fdt_max_fds,
+            file_private,
+        },
+        missing: lines.next().map(str::to_owned),
+    })
+}
+
+/// [`kernel`], computed in a child process: parsing the whole kernel BTF
+/// takes tens of megabytes at its peak, which a long-running tracer should
+/// not carry as its high-water mark. Falls back to this process when the
+/// child cannot be run.
+pub fn kernel_isolated() -> OffsetsReport {
+    let child = std::env::current_exe()
+        .and_then(|exe| std::process::Command::new(exe).arg(CHILD_ARG).output());
+    match child {
+        Ok(out) if out.status.success() => {
+            match parse_child(&String::from_utf8_lossy(&out.stdout)) {
+                Some(r) => r,
+                None => kernel(),
+            }
+        }
+        _ => kernel(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +241,18 @@ mod tests {
         // the addresses, ports, family and state: never at offset 0.
         assert!(r.offsets.sock_net > 0 && r.offsets.sock_net < 256, "{r:?}");
         assert_eq!(r.offsets.socket_sk % 8, 0, "{r:?}");
+    }
+
+    #[test]
+    fn the_childs_answer_reads_back_as_it_was() {
+        let r = kernel();
+        let nums: Vec<String> = fields(&r.offsets).iter().map(u32::to_string).collect();
+        let text = format!("{}\nno BTF here\n", nums.join(" "));
+        let back = parse_child(&text).expect("parses");
+        assert_eq!(back.offsets, r.offsets);
+        assert_eq!(back.missing.as_deref(), Some("no BTF here"));
+        assert_eq!(parse_child("1 2 3"), None);
+        assert_eq!(parse_child(""), None);
     }
 
     #[test]

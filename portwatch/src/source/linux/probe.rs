@@ -313,9 +313,48 @@ impl AllowedHooks {
     }
 }
 
-/// Kernel BTF, which fentry/fexit need; the error text otherwise.
+/// Kernel BTF, which fentry/fexit need; the error text otherwise. Parsing
+/// it costs about 14 MiB at its peak, so it is skipped where the kernel
+/// refuses tracing programs outright.
 fn kernel_btf() -> Result<Btf, String> {
+    if tracing_refused() {
+        return Err(
+            "the BPF_PROG_LOAD syscall returned Operation not permitted for a tracing program (probed without parsing BTF)"
+                .into(),
+        );
+    }
     Btf::from_sys_fs().map_err(|e| format!("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {e}"))
+}
+
+/// Whether the kernel refuses BPF_PROG_TYPE_TRACING (fentry/fexit) outright:
+/// a two-instruction fentry program with a made-up target is loaded; a
+/// kernel that allows tracing refuses the target (EINVAL and the like),
+/// one that forbids it answers EPERM before looking.
+fn tracing_refused() -> bool {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_TRACING: u32 = 26;
+    const BPF_TRACE_FENTRY: u32 = 24;
+    // mov r0, 0; exit
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let license = c"GPL";
+    // union bpf_attr, BPF_PROG_LOAD part: prog_type @0, insn_cnt @4, insns
+    // @8, license @16, expected_attach_type @68, attach_btf_id @108.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_TRACING.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[68..72].copy_from_slice(&BPF_TRACE_FENTRY.to_ne_bytes());
+    attr[108..112].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: attr is a valid bpf_attr of the size given, pointing at live
+    // instructions and license.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    if fd >= 0 {
+        // SAFETY: a descriptor this call just returned.
+        unsafe { libc::close(fd as i32) };
+        return false;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The one place that decides which hooks serve which events, and in what
@@ -589,7 +628,7 @@ pub fn probe_hooks() -> Result<HookTable, CollectorError> {
     Ok(HookTable {
         events,
         extra,
-        netns: Some(super::offsets::kernel().describe()),
+        netns: Some(super::offsets::kernel_isolated().describe()),
     })
 }
 
