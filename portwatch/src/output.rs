@@ -175,10 +175,15 @@ fn detail(ev: &Event) -> String {
                 .describe()
         ),
         EventKind::Bind | EventKind::Connect => {
-            let mut s = match &ev.errno {
-                Some(e) => e.clone(),
-                None => "ok".to_owned(),
+            let mut s = match (&ev.errno, ev.ret) {
+                (Some(e), _) => e.clone(),
+                (None, None) if ev.inferred.is_some() => "failed (errno unknown)".to_owned(),
+                (None, _) => "ok".to_owned(),
             };
+            // A hook that cannot see the result: the outcome is inferred.
+            if ev.inferred.is_some() {
+                s.push_str(" (inferred)");
+            }
             if let Some(h) = &ev.holder {
                 let who = match (h.pid, &h.comm) {
                     (Some(p), Some(c)) => format!("{}[{p}]", visible(c)),
