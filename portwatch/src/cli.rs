@@ -261,11 +261,34 @@ pub struct InstallServiceArgs {
 
 #[derive(Debug, Args)]
 pub struct WhoArgs {
-    /// The local port to look up.
+    /// The local port to look up; without it, every socket the other
+    /// options select.
     #[arg(value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: u16,
+    pub port: Option<u16>,
 
-    /// Write one JSON object: {"port": N, "sockets": [...], "missing": ...}.
+    /// Only sockets whose remote end is this: ADDR, ADDR:PORT, [IPv6]:PORT
+    /// or :PORT.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_remote)]
+    pub remote: Option<crate::cmd::who::Remote>,
+
+    /// Only sockets in this state (repeatable): LISTEN, ESTABLISHED,
+    /// TIME_WAIT, CLOSE_WAIT, SYN_SENT, ... (any case, `-` or `_`; ss's
+    /// ESTAB too), or UNCONN for unconnected UDP sockets.
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<String>,
+
+    /// Count the sockets by state and owner instead of listing them (for a
+    /// TIME_WAIT socket, the process the journal saw create it).
+    #[arg(long)]
+    pub count: bool,
+
+    /// A destination that ran out of ports (connect() fails with
+    /// EADDRNOTAVAIL): the TCP sockets towards ADDR:PORT whose local port
+    /// lies in the ephemeral range, and how much of the range they hold.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_remote)]
+    pub to: Option<crate::cmd::who::Remote>,
+
+    /// Write one JSON object: {"port", "sockets", "to", "counts", "missing"}.
     #[arg(long)]
     pub json: bool,
 
@@ -273,6 +296,14 @@ pub struct WhoArgs {
     /// owner any more (TIME_WAIT, orphans). Skipped if absent.
     #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR)]
     pub journal: PathBuf,
+}
+
+fn parse_remote(s: &str) -> Result<crate::cmd::who::Remote, String> {
+    crate::cmd::who::Remote::parse(s)
+}
+
+fn parse_state(s: &str) -> Result<String, String> {
+    crate::cmd::who::parse_state(s)
 }
 
 #[derive(Debug, Args)]

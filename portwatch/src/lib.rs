@@ -17,6 +17,7 @@ pub mod output;
 pub mod pipeline;
 pub mod source;
 pub mod sysctl;
+pub mod term;
 pub mod timefmt;
 
 #[cfg(target_os = "linux")]
