@@ -50,6 +50,12 @@ pub fn color(choice: ColorChoice) -> bool {
 /// can be (a word longer than a line is cut), the lines after the first
 /// indented by `indent` spaces.
 pub fn wrap(s: &str, width: usize, indent: usize) -> Vec<String> {
+    // Leading spaces stay on the first line.
+    let body = s.trim_start_matches(' ');
+    let lead = s.len() - body.len();
+    let s = body;
+    let width = width.saturating_sub(lead).max(1);
+    let indent = indent.saturating_sub(lead);
     let mut lines = Vec::new();
     let mut line = String::new();
     let mut len = 0;
@@ -91,9 +97,12 @@ pub fn wrap(s: &str, width: usize, indent: usize) -> Vec<String> {
     if len > 0 || lines.is_empty() {
         lines.push(line);
     }
-    let pad = " ".repeat(indent);
+    let pad = " ".repeat(indent + lead);
     for l in lines.iter_mut().skip(1) {
         l.insert_str(0, &pad);
+    }
+    if let Some(first) = lines.first_mut() {
+        first.insert_str(0, &" ".repeat(lead));
     }
     lines
 }
@@ -118,6 +127,7 @@ mod tests {
         assert_eq!(lines, ["one two", "  three", "  four", "  five six"]);
         assert!(lines.iter().all(|l| l.chars().count() <= 10));
         assert_eq!(wrap("short", 10, 4), ["short"]);
+        assert_eq!(wrap("  aa bb cc", 7, 4), ["  aa bb", "    cc"]);
         assert_eq!(wrap("", 10, 4), [""]);
     }
 

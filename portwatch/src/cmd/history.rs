@@ -284,7 +284,9 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
         out.flush()?;
     } else {
         drop(out);
-        let mut sink = TextSink::new(io::stdout(), false).with_dates(zone);
+        let mut sink = TextSink::new(io::stdout(), false)
+            .with_dates(zone)
+            .with_width(crate::term::stdout_width());
         for r in &selected {
             sink.event(&r.event)?;
         }
