@@ -92,6 +92,30 @@ pub enum Command {
     /// (what could be read from it, port, address, errno, is still printed)
     /// or on an error; 2 on bad usage.
     Explain(ExplainArgs),
+
+    /// Print a shell completion script: `portwatch completions bash >
+    /// /etc/bash_completion.d/portwatch` (the Debian package installs them
+    /// for bash, zsh and fish).
+    Completions(CompletionsArgs),
+
+    /// Write the man pages (portwatch.1 and one per subcommand) into a
+    /// folder; for packagers.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Where to write them (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
