@@ -251,7 +251,7 @@ except socket.timeout:
         .find_map(|l| l.strip_prefix("TOTEXT "))
         .context("text")?;
     ensure!(
-        text.starts_with("towards 127.0.0.1:8080: 5 sockets in the ephemeral range 40000-40004 hold 5 ports of the 5 ephemeral ports usable towards it (5 TIME_WAIT); none is left"),
+        text.starts_with("towards 127.0.0.1:8080: 5 of the 5 usable ports of the ephemeral range 40000-40004 are held (5 TIME_WAIT); none is left"),
         "{text}"
     );
     Ok(())

@@ -285,7 +285,7 @@ fn says_how_much_of_a_destinations_range_is_taken() {
     let t = text(&r, None);
     assert_eq!(
         t.lines().next(),
-        Some("towards 10.0.0.5:5432: 7 sockets in the ephemeral range 40000-40007 hold 7 ports of the 7 ephemeral ports usable towards it (2 ESTABLISHED, 5 TIME_WAIT); none is left: connect() there fails with EADDRNOTAVAIL")
+        Some("towards 10.0.0.5:5432: 7 of the 7 usable ports of the ephemeral range 40000-40007 are held (2 ESTABLISHED, 5 TIME_WAIT); none is left: connect() there fails with EADDRNOTAVAIL")
     );
 }
 

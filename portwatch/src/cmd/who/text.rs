@@ -150,18 +150,19 @@ fn towards_line(t: &Towards) -> String {
     let range = t
         .ephemeral_range
         .map_or("unknown".to_owned(), |r| format!("{}-{}", r.low, r.high));
-    let of = t.capacity.map_or(String::new(), |c| {
-        format!(
-            " of the {} usable towards it",
-            crate::plural(c, "ephemeral port", "ephemeral ports")
-        )
-    });
-    let mut line = format!(
-        "towards {}: {} in the ephemeral range {range} hold {}{of}",
-        endpoint(t.daddr, t.dport),
-        crate::plural(t.in_use, "socket", "sockets"),
-        crate::plural(t.in_use, "port", "ports"),
-    );
+    let mut line = match t.capacity {
+        Some(c) => format!(
+            "towards {}: {} of the {} of the ephemeral range {range} are held",
+            endpoint(t.daddr, t.dport),
+            t.in_use,
+            crate::plural(c, "usable port", "usable ports"),
+        ),
+        None => format!(
+            "towards {}: {} of the ephemeral range {range} are held",
+            endpoint(t.daddr, t.dport),
+            crate::plural(t.in_use, "port", "ports"),
+        ),
+    };
     if !states.is_empty() {
         line.push_str(&format!(" ({})", states.join(", ")));
     }
