@@ -293,7 +293,7 @@ pub struct WhoArgs {
     /// Only sockets whose remote end is this: ADDR, ADDR:PORT, [IPv6]:PORT
     /// or :PORT.
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_remote)]
-    pub remote: Option<crate::cmd::who::Remote>,
+    pub remote: Option<crate::filter::Remote>,
 
     /// Only sockets in this state (repeatable): LISTEN, ESTABLISHED,
     /// TIME_WAIT, CLOSE_WAIT, SYN_SENT, ... (any case, `-` or `_`; ss's
@@ -310,7 +310,7 @@ pub struct WhoArgs {
     /// EADDRNOTAVAIL): the TCP sockets towards ADDR:PORT whose local port
     /// lies in the ephemeral range, and how much of the range they hold.
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_remote)]
-    pub to: Option<crate::cmd::who::Remote>,
+    pub to: Option<crate::filter::Remote>,
 
     /// Write one JSON object: {"port", "sockets", "to", "counts", "missing"}.
     #[arg(long)]
@@ -322,12 +322,12 @@ pub struct WhoArgs {
     pub journal: PathBuf,
 }
 
-fn parse_remote(s: &str) -> Result<crate::cmd::who::Remote, String> {
-    crate::cmd::who::Remote::parse(s)
+fn parse_remote(s: &str) -> Result<crate::filter::Remote, String> {
+    crate::filter::Remote::parse(s)
 }
 
 fn parse_state(s: &str) -> Result<String, String> {
-    crate::cmd::who::parse_state(s)
+    crate::filter::parse_state(s)
 }
 
 #[derive(Debug, Args)]
