@@ -24,10 +24,12 @@ pub enum Command {
     /// on stderr. PORTWATCH_HOOKS=kprobe,tracepoint (any of fexit, kprobe,
     /// tracepoint) narrows the choice.
     Trace(TraceArgs),
-    /// Every socket on a port right now, TCP and UDP, IPv4 and IPv6, in every
-    /// state including TIME_WAIT, with the owning process, user, command line
-    /// and systemd unit or container. Works without root (owners of other
-    /// users' sockets are then hidden).
+    /// Every socket on a port right now (or towards a remote end, or in a
+    /// state), TCP and UDP, IPv4 and IPv6, TIME_WAIT included, with every
+    /// process holding it, its user, command line and systemd unit or
+    /// container; --count counts them by state and owner, --to shows what
+    /// occupies a destination's ephemeral ports. Works without root (owners
+    /// of other users' sockets are then hidden).
     Who(WhoArgs),
     /// Record port ownership to a crash-safe journal until stopped: binds,
     /// listens, the local port of each outgoing connection, closes and
