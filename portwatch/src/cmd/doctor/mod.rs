@@ -17,7 +17,7 @@ pub mod render;
 #[cfg(test)]
 mod tests;
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 
 pub use facts::{
     EphemeralRange, Facts, KernelCaps, LinuxKernel, Listener, Lockdown, Owner, PortConfig,
@@ -30,7 +30,7 @@ pub use findings::{
 pub use linux::collect_ports;
 pub use render::{to_json, write_text};
 
-use crate::cli::{ColorChoice, DoctorArgs};
+use crate::cli::DoctorArgs;
 
 #[cfg(target_os = "linux")]
 fn collect() -> Facts {
@@ -66,13 +66,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             .and_then(|()| writeln!(out))
     } else {
         let findings = analyze(&facts);
-        let color = match args.color {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        };
+        let color = crate::term::color(args.color);
+        let width = crate::term::stdout_width();
         let mut out = io::BufWriter::new(stdout.lock());
-        write_text(&mut out, &facts, &findings, color).and_then(|()| out.flush())
+        write_text(&mut out, &facts, &findings, color, width).and_then(|()| out.flush())
     };
     match result {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
