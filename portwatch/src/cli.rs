@@ -321,6 +321,12 @@ pub struct WhoArgs {
 
     /// The recorder's journal, to name who created sockets that have no
     /// owner any more (TIME_WAIT, orphans). Skipped if absent.
+    /// Look in this network namespace (a container's) instead of this one:
+    /// a pid in it, its inode (`ls -iL /proc/PID/ns/net`), or a path such as
+    /// /run/netns/NAME. No nsenter needed.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
+
     #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR)]
     pub journal: PathBuf,
 }
@@ -348,6 +354,12 @@ pub struct DoctorArgs {
     /// else (for recording a machine's facts as a test fixture).
     #[arg(long, hide = true, conflicts_with = "json")]
     pub facts: bool,
+
+    /// Check the port configuration of this network namespace (a
+    /// container's) instead of this one: a pid in it, its inode, or a path
+    /// such as /run/netns/NAME.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Args)]

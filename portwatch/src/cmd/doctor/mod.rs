@@ -32,14 +32,26 @@ pub use render::{to_json, write_text};
 
 use crate::cli::DoctorArgs;
 
+/// The facts, with the port configuration read in namespace `netns`
+/// (`--netns`) when given: its ranges, reserved ports and listeners.
 #[cfg(target_os = "linux")]
-fn collect() -> Facts {
-    linux::collect()
+fn collect(netns: Option<&str>) -> anyhow::Result<Facts> {
+    let Some(spec) = netns else {
+        return Ok(linux::collect());
+    };
+    let (_, fd) = crate::system::open_netns(spec).map_err(anyhow::Error::msg)?;
+    // sock_diag sockets and /proc/sys/net belong to the namespace of the
+    // thread that opens them.
+    let ports = crate::system::run_in(Some(&*fd), || Ok(linux::collect_ports()))
+        .map_err(|e| anyhow::anyhow!("--netns {spec}: cannot enter the namespace: {e}"))?;
+    let mut facts = linux::collect();
+    facts.ports = ports;
+    Ok(facts)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn collect() -> Facts {
-    Facts {
+fn collect(_netns: Option<&str>) -> anyhow::Result<Facts> {
+    Ok(Facts {
         caps: KernelCaps {
             kernel: "unknown".into(),
             privileged: false,
@@ -47,11 +59,11 @@ fn collect() -> Facts {
             linux: None,
         },
         ports: PortConfig::default(),
-    }
+    })
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
-    let facts = collect();
+    let facts = collect(args.netns.as_deref())?;
     let stdout = io::stdout();
     let result = if args.facts {
         let mut out = stdout.lock();

@@ -36,7 +36,21 @@ pub fn snapshot(port: u16, journal: &std::path::Path) -> anyhow::Result<WhoRepor
 
 /// The sockets `q` asks about right now, as [`snapshot`] does for a port.
 pub fn snapshot_for(q: &Query, journal: &std::path::Path) -> anyhow::Result<WhoReport> {
-    let mut diag = SockDiag::new().context("cannot open a sock_diag netlink socket")?;
+    snapshot_in(q, journal, None)
+}
+
+/// [`snapshot_for`] in another network namespace (`netns`: a handle on it),
+/// with that namespace's ephemeral range and reserved ports.
+pub fn snapshot_in(
+    q: &Query,
+    journal: &std::path::Path,
+    netns: Option<&std::sync::Arc<std::os::fd::OwnedFd>>,
+) -> anyhow::Result<WhoReport> {
+    let mut diag = match netns {
+        Some(fd) => SockDiag::in_netns(fd.clone()),
+        None => SockDiag::new(),
+    }
+    .context("cannot open a sock_diag netlink socket")?;
     let mut entries = match q.port {
         Some(port) => diag
             .sockets_on_port(port)
@@ -49,7 +63,17 @@ pub fn snapshot_for(q: &Query, journal: &std::path::Path) -> anyhow::Result<WhoR
             all
         }
     };
-    let range = crate::system::ephemeral_range();
+    // /proc/sys/net shows the namespace of whoever opens it.
+    let (range, reserved) = crate::system::run_in(netns.map(|f| &**f), || {
+        Ok((
+            crate::system::ephemeral_range(),
+            crate::sysctl::read(crate::sysctl::RESERVED_PORTS)
+                .ok()
+                .flatten()
+                .and_then(|v| crate::sysctl::PortSet::parse(&v).ok()),
+        ))
+    })
+    .context("cannot read the namespace's port settings")?;
     entries.retain(|e| selects(q, e, range));
     let inodes: Vec<u64> = entries.iter().map(|e| e.inode).collect();
     // Every process of each socket, not just the first found.
@@ -70,10 +94,6 @@ pub fn snapshot_for(q: &Query, journal: &std::path::Path) -> anyhow::Result<WhoR
         }
     }
     if let Some(dest) = q.to {
-        let reserved = crate::sysctl::read(crate::sysctl::RESERVED_PORTS)
-            .ok()
-            .flatten()
-            .and_then(|v| crate::sysctl::PortSet::parse(&v).ok());
         r.to = Some(towards(dest, &r.sockets, range, reserved.as_ref()));
     }
     Ok(r)
@@ -94,7 +114,13 @@ pub fn run(args: WhoArgs) -> anyhow::Result<()> {
             })
             .transpose()?,
     };
-    let mut r = snapshot_for(&q, &args.journal)?;
+    let netns = args
+        .netns
+        .as_deref()
+        .map(crate::system::open_netns)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut r = snapshot_in(&q, &args.journal, netns.as_ref().map(|(_, fd)| fd))?;
     if args.count {
         r.counts = Some(counts(&r.sockets));
     }
