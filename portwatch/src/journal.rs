@@ -844,7 +844,7 @@ mod tests {
             EventKind::Bind,
         );
         event.pid = Some(1000 + i as u32);
-        event.comm = Some("nginx-wörker".to_owned());
+        event.comm = Some("nginx-wörker".into());
         event.protocol = Some(Protocol::Tcp);
         event.saddr = Some(IpAddr::V6(Ipv6Addr::LOCALHOST));
         event.sport = Some(8080);
@@ -862,7 +862,7 @@ mod tests {
                 dport: 51000,
             });
         }
-        event.cmdline = Some(format!("/usr/sbin/nginx -g {}", "x".repeat(pad)));
+        event.cmdline = Some(format!("/usr/sbin/nginx -g {}", "x".repeat(pad)).into());
         Record {
             boot_id: "0b4c3f2e-1111-4222-8333-944445555666".to_owned(),
             mono_ns: i,

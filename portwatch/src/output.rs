@@ -176,7 +176,7 @@ fn detail(ev: &Event) -> String {
         ),
         EventKind::Bind | EventKind::Connect => {
             let mut s = match &ev.errno {
-                Some(e) => e.clone(),
+                Some(e) => e.to_string(),
                 None => "ok".to_owned(),
             };
             if let Some(h) = &ev.holder {

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use portwatch::attribution::{PortSocket, ProcessInfo, ProcessLookup, SocketProbe};
-use portwatch::model::{PoolUse, Protocol, TcpState};
+use portwatch::model::{PoolUse, Protocol, SmolStr, TcpState};
 
 use crate::churn::{CLIENTS, DESTS, FAILING, NETNS, SERVERS};
 
@@ -74,7 +74,7 @@ impl ProcessLookup for Processes {
         })
     }
 
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
-        Some(format!("/system.slice/cgroup-{id}.scope"))
+    fn cgroup_path(&mut self, id: u64) -> Option<SmolStr> {
+        Some(SmolStr::from(format!("/system.slice/cgroup-{id}.scope")))
     }
 }

@@ -124,7 +124,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 });
                 if let Some(k) = known {
                     h.pid = k.pid;
-                    h.comm.clone_from(&k.comm);
+                    h.comm = k.comm.as_deref().map(String::from);
                 }
             }
             return Ok(Some(h));
@@ -143,7 +143,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             (None, Ok(_)) => Ok(None),
             (Some((k, known, _)), _) => Ok(Some(Holder {
                 pid: known.pid,
-                comm: known.comm.clone(),
+                comm: known.comm.as_deref().map(String::from),
                 state: Some(TcpState::Listen),
                 protocol: Some(Protocol::Tcp),
                 saddr: k.addr,

@@ -16,6 +16,7 @@ mod chain;
 mod holder;
 mod inferred;
 mod listeners;
+mod procs;
 #[cfg(test)]
 mod tests;
 
@@ -25,7 +26,7 @@ use std::net::IpAddr;
 use crate::errno;
 use crate::model::{
     Attribution, Dest, Event, EventKind, Family, Hints, LostReason, PoolUse, Protocol, Side,
-    SourceMsg, TcpState,
+    SmolStr, SourceMsg, TcpState,
 };
 pub use holder::overlaps;
 use listeners::{ChildOwner, ListenerKey, Listeners};
@@ -96,8 +97,9 @@ pub struct ProcessInfo {
 pub trait ProcessLookup {
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo>;
     /// The path of a cgroup v2 id, for processes that are gone by the time
-    /// their event is read.
-    fn cgroup_path(&mut self, _id: u64) -> Option<String> {
+    /// their event is read; asked for every such event, so shared, not
+    /// copied.
+    fn cgroup_path(&mut self, _id: u64) -> Option<SmolStr> {
         None
     }
 }
@@ -136,7 +138,7 @@ pub struct Known {
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     pub uid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<SmolStr>,
     pub family: Option<Family>,
     pub time: i128,
     /// The last state this trace saw the socket in.
@@ -164,7 +166,7 @@ impl Known {
             pid: Some(pid),
             tid: Some(pid),
             uid: Some(uid),
-            comm: Some(comm),
+            comm: Some(comm.into()),
             family: None,
             time: 0,
             state: None,
@@ -197,7 +199,6 @@ fn listener_key(ev: &Event) -> Option<ListenerKey> {
 }
 
 /// Upper bounds on what attribution remembers, so a long trace stays small.
-const MAX_PROCS: usize = 16384;
 const MAX_ORIGINS: usize = 65536;
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); when the table is full, forget
 /// origins older than that and a margin first.
@@ -215,7 +216,7 @@ type NsTuple = (Option<u64>, Tuple);
 pub struct Attributor<S, P> {
     sockets: S,
     processes: P,
-    proc_cache: HashMap<u32, (Option<String>, Option<ProcessInfo>)>,
+    procs: procs::Procs,
     /// Listening sockets seen during the trace.
     listeners: Listeners,
     /// Each socket's last state and owner.
@@ -256,7 +257,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         Attributor {
             sockets,
             processes,
-            proc_cache: HashMap::new(),
+            procs: procs::Procs::default(),
             listeners: Listeners::default(),
             chains: chain::Chains::default(),
             origins: HashMap::new(),
@@ -425,23 +426,8 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     }
 
     /// What /proc says about the event's process, read once per process.
-    fn info(&mut self, ev: &Event) -> Option<&ProcessInfo> {
-        let pid = ev.pid?;
-        // A pid can be reused: the cached entry is valid only for the same comm.
-        let fresh = match self.proc_cache.get(&pid) {
-            Some((comm, _)) => comm != &ev.comm,
-            None => true,
-        };
-        if fresh {
-            if self.proc_cache.len() >= MAX_PROCS {
-                self.proc_cache.clear();
-            }
-            let info = self.processes.lookup(pid);
-            self.proc_cache.insert(pid, (ev.comm.clone(), info));
-        }
-        self.proc_cache
-            .get(&pid)
-            .and_then(|(_, info)| info.as_ref())
+    fn info(&mut self, ev: &Event) -> Option<&procs::Shared> {
+        self.procs.get(&mut self.processes, ev.pid?, &ev.comm)
     }
 
     /// The socket's namespace: from the kernel when it could read it, else
@@ -454,14 +440,12 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     }
 
     fn enrich(&mut self, ev: &mut Event) {
-        if self.info(ev).is_some() {
-            if let Some((_, Some(info))) = ev.pid.and_then(|p| self.proc_cache.get(&p)) {
-                ev.cmdline.clone_from(&info.cmdline);
-                ev.cgroup.clone_from(&info.cgroup);
-                ev.container_pid = info.container_pid;
-                if ev.netns.is_none() {
-                    ev.netns = info.netns;
-                }
+        if let Some(info) = self.info(ev) {
+            ev.cmdline.clone_from(&info.cmdline);
+            ev.cgroup.clone_from(&info.cgroup);
+            ev.container_pid = info.container_pid;
+            if ev.netns.is_none() {
+                ev.netns = info.netns;
             }
         }
         if ev.cgroup.is_none() {

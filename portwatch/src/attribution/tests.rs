@@ -49,7 +49,7 @@ fn ip(s: &str) -> IpAddr {
 fn state(pid: u32, old: TcpState, new: TcpState, sport: u16, dport: u16) -> Event {
     let mut ev = Event::new(1_000, EventKind::State);
     ev.pid = Some(pid);
-    ev.comm = Some(format!("app{pid}"));
+    ev.comm = Some(format!("app{pid}").into());
     ev.family = Some(Family::Ipv4);
     ev.saddr = Some(ip("10.0.0.1"));
     ev.daddr = Some(ip("10.0.0.2"));

@@ -67,7 +67,7 @@ pub fn add_creators(report: &mut WhoReport, records: &[crate::journal::Record], 
         if let Some(r) = found {
             s.created_by = Some(CreatedBy {
                 pid: r.event.pid,
-                comm: r.event.comm.clone(),
+                comm: r.event.comm.as_deref().map(String::from),
                 time: r.event.time,
             });
         }
