@@ -73,13 +73,19 @@ pub trait SocketProbe {
     ) -> Result<PoolUse, String> {
         Err("no live socket table to count in".to_owned())
     }
-    /// [`SocketProbe::tcp_state`] for many sockets of one namespace, in
-    /// order: one round trip where the probe can batch.
-    fn tcp_states(&mut self, netns: Option<u64>, tuples: &[Tuple]) -> Vec<Option<TcpState>> {
-        tuples
-            .iter()
-            .map(|&(sa, sp, da, dp)| self.tcp_state(netns, sa, sp, da, dp))
-            .collect()
+    /// [`SocketProbe::tcp_state`] for many sockets of one namespace,
+    /// appended to `out` in order: one round trip where the probe can
+    /// batch, into a buffer the caller reuses.
+    fn tcp_states(
+        &mut self,
+        netns: Option<u64>,
+        tuples: &[Tuple],
+        out: &mut Vec<Option<TcpState>>,
+    ) {
+        for &(sa, sp, da, dp) in tuples {
+            let state = self.tcp_state(netns, sa, sp, da, dp);
+            out.push(state);
+        }
     }
 }
 
@@ -226,6 +232,8 @@ pub struct Attributor<S, P> {
     origins: HashMap<NsTuple, Known>,
     /// Socket states fetched ahead for the batch being processed.
     prefetched: HashMap<NsTuple, Option<TcpState>>,
+    /// Buffers [`Attributor::prefetch`] reuses batch after batch.
+    prefetch_scratch: (Vec<NsTuple>, Vec<Tuple>, Vec<Option<TcpState>>),
     /// Closes that left a timewait socket in its FIN_WAIT2 sub-state (an
     /// orphan whose FIN was acked before the peer's FIN came): it becomes
     /// TIME_WAIT when that FIN arrives. [`Attributor::poll`] re-checks them.
@@ -262,6 +270,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             chains: chain::Chains::default(),
             origins: HashMap::new(),
             prefetched: HashMap::new(),
+            prefetch_scratch: Default::default(),
             fw2_pending: HashMap::new(),
             preexisting: HashMap::new(),
             pending_binds: inferred::PendingBinds::default(),
@@ -326,22 +335,29 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// uses the answers instead of one round trip per event.
     pub fn prefetch(&mut self, msgs: &[SourceMsg]) {
         self.prefetched.clear();
-        let mut by_netns: HashMap<Option<u64>, Vec<Tuple>> = HashMap::new();
+        let (mut keys, mut tuples, mut states) = std::mem::take(&mut self.prefetch_scratch);
+        keys.clear();
         for m in msgs {
             if let SourceMsg::Event(ev, hints) = m {
                 if needs_socket_check(ev, *hints) {
                     if let Some(t) = tuple(ev) {
-                        let netns = self.netns_of(ev);
-                        by_netns.entry(netns).or_default().push(t);
+                        keys.push((self.netns_of(ev), t));
                     }
                 }
             }
         }
-        for (netns, tuples) in by_netns {
-            let states = self.sockets.tcp_states(netns, &tuples);
+        // One lookup per namespace.
+        keys.sort_unstable_by_key(|(netns, _)| *netns);
+        for group in keys.chunk_by(|a, b| a.0 == b.0) {
+            let netns = group[0].0;
+            tuples.clear();
+            tuples.extend(group.iter().map(|(_, t)| *t));
+            states.clear();
+            self.sockets.tcp_states(netns, &tuples, &mut states);
             self.prefetched
-                .extend(tuples.into_iter().map(|t| (netns, t)).zip(states));
+                .extend(group.iter().copied().zip(states.iter().copied()));
         }
+        self.prefetch_scratch = (keys, tuples, states);
     }
 
     /// Re-checks closes that were waiting in the FIN_WAIT2 sub-state; returns
@@ -359,9 +375,11 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         for (netns, t) in self.fw2_pending.keys() {
             by_netns.entry(*netns).or_default().push(*t);
         }
+        let mut states = Vec::new();
         for (netns, tuples) in by_netns {
-            let states = self.sockets.tcp_states(netns, &tuples);
-            for (t, state) in tuples.into_iter().zip(states) {
+            states.clear();
+            self.sockets.tcp_states(netns, &tuples, &mut states);
+            for (t, &state) in tuples.into_iter().zip(&states) {
                 let key = (netns, t);
                 let expired = self
                     .fw2_pending
