@@ -10,39 +10,62 @@
 
 use std::net::IpAddr;
 
-use crate::model::{Attribution, Event, Family, LostReason, Protocol, Side, SmolStr, TcpState};
+use crate::model::{Attribution, Event, Family, LostReason, Protocol, Side, TcpState};
 
 /// The date and time of day of one second, as [`crate::timefmt::format_ns`]
 /// writes them, so that only the nanoseconds change between events.
 #[derive(Default)]
 pub struct TimeCache {
-    /// The second, and the text up to and including its `.`; None when the
-    /// second is out of range (the whole text is then a fixed fallback).
-    second: Option<(i128, Option<SmolStr>)>,
+    /// The second, and its text; None when the second is out of range (the
+    /// whole text is then a fixed fallback).
+    second: Option<(i128, Option<Seconds>)>,
 }
 
 const NS: i128 = 1_000_000_000;
 
+/// `2026-11-23T22:01:02`, on the stack (a year has at most five
+/// characters with its sign).
+#[derive(Default)]
+struct Seconds {
+    text: [u8; 24],
+    len: usize,
+}
+
+impl std::fmt::Write for Seconds {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.text
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 impl TimeCache {
     fn write(&mut self, out: &mut Vec<u8>, ns: i128) {
         let second = ns.div_euclid(NS);
-        let prefix = match (&self.second, second.checked_mul(NS)) {
-            (Some((s, prefix)), _) if *s == second => prefix,
+        let seconds = match (&self.second, second.checked_mul(NS)) {
+            (Some((s, seconds)), _) if *s == second => seconds,
             // Far out of range: no date to share.
             (_, None) => &None,
             (_, Some(start)) => {
-                // Formatted whole for a time with no fraction: everything
-                // before the nine zeroes and `Z` is the same for the second.
-                let text = crate::timefmt::format_ns(start);
-                let valid = time::OffsetDateTime::from_unix_timestamp_nanos(start).is_ok();
-                let prefix = valid.then(|| SmolStr::new(&text[..text.len() - 10]));
-                &self.second.insert((second, prefix)).1
+                let seconds = time::OffsetDateTime::from_unix_timestamp_nanos(start)
+                    .ok()
+                    .and_then(|t| {
+                        let mut s = Seconds::default();
+                        crate::timefmt::write_seconds(&mut s, t).ok()?;
+                        Some(s)
+                    });
+                &self.second.insert((second, seconds)).1
             }
         };
         out.push(b'"');
-        match prefix {
-            Some(p) => {
-                out.extend_from_slice(p.as_bytes());
+        match seconds {
+            Some(s) => {
+                out.extend_from_slice(&s.text[..s.len]);
+                out.push(b'.');
                 let frac = ns.rem_euclid(NS) as u32;
                 let mut digits = [b'0'; 9];
                 let mut n = frac;

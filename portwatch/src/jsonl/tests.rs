@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
-use crate::model::{EventKind, Holder, PoolUse, SockId};
+use crate::model::{EventKind, Holder, PoolUse, SmolStr, SockId};
 
 fn serde_line(ev: &Event) -> String {
     serde_json::to_string(ev).expect("json") + "\n"
