@@ -234,3 +234,26 @@ fn bench(o: &Opts) -> io::Result<()> {
     );
     Ok(())
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The churn's common path (no failed calls, whose holder and pool
+    /// lookups allocate by design) allocates nothing once warm.
+    #[test]
+    fn the_steady_state_allocates_nothing() {
+        let o = Opts {
+            alive: 300,
+            failure_every: 0,
+            ..Opts::default()
+        };
+        let mut rig = Rig::new(&o);
+        rig.run(200_000).expect("warm-up");
+        let (result, n, bytes) = count::counted(|| rig.run(10_000));
+        result.expect("run");
+        assert_eq!(
+            n, 0,
+            "{n} allocations ({bytes} bytes) in 10000 steady-state records"
+        );
+    }
+}
