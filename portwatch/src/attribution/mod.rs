@@ -15,6 +15,7 @@
 mod chain;
 mod holder;
 mod inferred;
+mod keys;
 mod listeners;
 mod procs;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use crate::model::{
     SmolStr, SourceMsg, TcpState,
 };
 pub use holder::overlaps;
+use keys::NsKey;
 use listeners::{ChildOwner, ListenerKey, Listeners};
 
 /// A socket bound to a port, as a snapshot shows it.
@@ -218,6 +220,8 @@ const MAX_PREEXISTING: usize = 65536;
 
 /// A 4-tuple in a network namespace.
 type NsTuple = (Option<u64>, Tuple);
+/// A table keyed by it (see [`keys`]).
+type ByTuple<V> = HashMap<NsKey, V>;
 
 pub struct Attributor<S, P> {
     sockets: S,
@@ -229,19 +233,19 @@ pub struct Attributor<S, P> {
     chains: chain::Chains<Known>,
     /// Who made each connection, for the sockets that outlive their owner:
     /// TIME_WAIT and orphans have no process the kernel knows.
-    origins: HashMap<NsTuple, Known>,
+    origins: ByTuple<Known>,
     /// Socket states fetched ahead for the batch being processed.
-    prefetched: HashMap<NsTuple, Option<TcpState>>,
+    prefetched: ByTuple<Option<TcpState>>,
     /// Buffers [`Attributor::prefetch`] reuses batch after batch.
     prefetch_scratch: (Vec<NsTuple>, Vec<Tuple>, Vec<Option<TcpState>>),
     /// Closes that left a timewait socket in its FIN_WAIT2 sub-state (an
     /// orphan whose FIN was acked before the peer's FIN came): it becomes
     /// TIME_WAIT when that FIN arrives. [`Attributor::poll`] re-checks them.
-    fw2_pending: HashMap<NsTuple, Event>,
+    fw2_pending: ByTuple<Event>,
     /// Connections that existed before the trace, with their owners from
     /// the start-up snapshot; each is used (and forgotten) when the socket
     /// is first seen.
-    preexisting: HashMap<NsTuple, Known>,
+    preexisting: ByTuple<Known>,
     /// bind() attempts from cgroup hooks waiting for their confirmation.
     pending_binds: inferred::PendingBinds,
     /// Synthesize connect() outcomes from the state tracepoint (when no
@@ -268,11 +272,11 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             procs: procs::Procs::default(),
             listeners: Listeners::default(),
             chains: chain::Chains::default(),
-            origins: HashMap::new(),
-            prefetched: HashMap::new(),
+            origins: ByTuple::default(),
+            prefetched: ByTuple::default(),
             prefetch_scratch: Default::default(),
-            fw2_pending: HashMap::new(),
-            preexisting: HashMap::new(),
+            fw2_pending: ByTuple::default(),
+            preexisting: ByTuple::default(),
             pending_binds: inferred::PendingBinds::default(),
             infer_connects: false,
             sparse: false,
@@ -318,7 +322,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// A connection that existed before the trace, and its owner.
     pub fn seed_connection(&mut self, netns: Option<u64>, tuple: Tuple, owner: Known) {
         if self.preexisting.len() < MAX_PREEXISTING {
-            self.preexisting.insert((netns, tuple), owner);
+            self.preexisting.insert(NsKey::new(netns, tuple), owner);
         }
     }
 
@@ -355,7 +359,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             states.clear();
             self.sockets.tcp_states(netns, &tuples, &mut states);
             self.prefetched
-                .extend(group.iter().copied().zip(states.iter().copied()));
+                .extend(group.iter().map(|&k| NsKey(k)).zip(states.iter().copied()));
         }
         self.prefetch_scratch = (keys, tuples, states);
     }
@@ -372,7 +376,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             return out;
         }
         let mut by_netns: HashMap<Option<u64>, Vec<Tuple>> = HashMap::new();
-        for (netns, t) in self.fw2_pending.keys() {
+        for NsKey((netns, t)) in self.fw2_pending.keys() {
             by_netns.entry(*netns).or_default().push(*t);
         }
         let mut states = Vec::new();
@@ -380,7 +384,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             states.clear();
             self.sockets.tcp_states(netns, &tuples, &mut states);
             for (t, &state) in tuples.into_iter().zip(&states) {
-                let key = (netns, t);
+                let key = NsKey::new(netns, t);
                 let expired = self
                     .fw2_pending
                     .get(&key)
@@ -568,7 +572,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             }
         }
         if first_sight {
-            if let Some(k) = tuple(ev).and_then(|t| self.preexisting.remove(&(ev.netns, t))) {
+            if let Some(k) =
+                tuple(ev).and_then(|t| self.preexisting.remove(&NsKey::new(ev.netns, t)))
+            {
                 ev.side = k.side;
                 if ev.attribution != Attribution::Current && ev.pid.is_none() {
                     Self::set_owner(ev, Some(&k));
@@ -642,7 +648,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                             if self.fw2_pending.len() >= MAX_FW2_PENDING {
                                 self.fw2_pending.clear();
                             }
-                            self.fw2_pending.insert((ev.netns, t), ev.clone());
+                            self.fw2_pending.insert(NsKey::new(ev.netns, t), ev.clone());
                         }
                         out.push(ev);
                     }
@@ -700,7 +706,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         } else if let Some(t) = tuple(ev) {
             // Events arrive in order, so this is the state the socket was in
             // when any later event (a bind) happened.
-            if let Some(k) = self.origins.get_mut(&(ev.netns, t)) {
+            if let Some(k) = self.origins.get_mut(&NsKey::new(ev.netns, t)) {
                 k.state = new;
             }
         }
@@ -720,7 +726,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         let Some(t) = tuple(ev) else {
             return Closed::Gone;
         };
-        let state = match self.prefetched.remove(&(ev.netns, t)) {
+        let state = match self.prefetched.remove(&NsKey::new(ev.netns, t)) {
             Some(state) => state,
             None => self.sockets.tcp_state(ev.netns, t.0, t.1, t.2, t.3),
         };
@@ -745,6 +751,6 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 self.origins.clear();
             }
         }
-        self.origins.insert((ev.netns, t), Known::of(ev));
+        self.origins.insert(NsKey::new(ev.netns, t), Known::of(ev));
     }
 }
