@@ -64,9 +64,13 @@ impl LostByReason {
     }
 }
 
+/// Per process: keyed by pid and name, which no remote peer chooses, so
+/// hashed with a cheaper seeded hash than SipHash (one lookup per event).
+pub type ProcTable = HashMap<ProcKey, ProcStats, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct Aggregator {
-    procs: HashMap<ProcKey, ProcStats>,
+    procs: ProcTable,
     events: u64,
     lost: u64,
     lost_by_reason: LostByReason,
@@ -191,7 +195,7 @@ impl Aggregator {
         self.lost
     }
 
-    pub fn process_stats(&self) -> &HashMap<ProcKey, ProcStats> {
+    pub fn process_stats(&self) -> &ProcTable {
         &self.procs
     }
 

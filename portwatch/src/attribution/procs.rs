@@ -2,7 +2,7 @@
 //! by all its events: the command line and cgroup are counted references,
 //! so enriching an event allocates nothing.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use super::{ProcessInfo, ProcessLookup};
 use crate::model::SmolStr;
@@ -32,7 +32,7 @@ impl From<ProcessInfo> for Shared {
 #[derive(Default)]
 pub struct Procs {
     /// By pid: the command name it was read under, and what was read.
-    by_pid: HashMap<u32, (Option<SmolStr>, Option<Shared>)>,
+    by_pid: HashMap<u32, (Option<SmolStr>, Option<Shared>), foldhash::fast::RandomState>,
 }
 
 impl Procs {
@@ -44,17 +44,21 @@ impl Procs {
         pid: u32,
         comm: &Option<SmolStr>,
     ) -> Option<&Shared> {
-        let fresh = match self.by_pid.get(&pid) {
-            Some((seen, _)) => seen != comm,
-            None => true,
-        };
-        if fresh {
-            if self.by_pid.len() >= MAX_PROCS {
-                self.by_pid.clear();
-            }
-            let info = lookup.lookup(pid).map(Shared::from);
-            self.by_pid.insert(pid, (comm.clone(), info));
+        if self.by_pid.len() >= MAX_PROCS && self.by_pid.get(&pid).is_none_or(|(c, _)| c != comm) {
+            self.by_pid.clear();
         }
-        self.by_pid.get(&pid).and_then(|(_, info)| info.as_ref())
+        let mut read = || (comm.clone(), lookup.lookup(pid).map(Shared::from));
+        // One table lookup for the common case, a process already read.
+        let entry = match self.by_pid.entry(pid) {
+            Entry::Occupied(o) => {
+                let e = o.into_mut();
+                if e.0 != *comm {
+                    *e = read();
+                }
+                e
+            }
+            Entry::Vacant(v) => v.insert(read()),
+        };
+        entry.1.as_ref()
     }
 }
