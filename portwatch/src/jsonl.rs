@@ -180,10 +180,33 @@ fn name(out: &mut Vec<u8>, s: Option<&str>) {
 /// serde_json.
 fn string(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
-        Some(s) if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') => name(out, Some(s)),
+        Some(s) if !needs_escape(s.as_bytes()) => name(out, Some(s)),
         Some(s) => serde(out, &s),
         None => out.extend_from_slice(b"null"),
     }
+}
+
+/// Whether JSON escapes any byte of `s`: a control character, `"` or `\`.
+/// Eight bytes at a time (command lines are long), with the bit tricks
+/// "has a byte less than n" and "has a zero byte".
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+    let less_than = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+    let has = |x: u64, b: u8| less_than(x ^ (ONES * u64::from(b)), 1);
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(w);
+        let x = u64::from_le_bytes(bytes);
+        if less_than(x, 0x20) || has(x, b'"') || has(x, b'\\') {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 fn serde<T: serde::Serialize>(out: &mut Vec<u8>, v: &T) {

@@ -178,6 +178,24 @@ fn every_line_is_what_serde_json_writes() {
 }
 
 #[test]
+fn the_word_at_a_time_check_finds_every_byte_that_needs_escaping() {
+    let plain = |b: u8| !(b < 0x20 || b == b'"' || b == b'\\');
+    for len in 0..20 {
+        for at in 0..len {
+            for b in 0..=255u8 {
+                let mut s = vec![b'a'; len];
+                s[at] = b;
+                // Bytes that borrow or carry next to it must not hide it.
+                if at > 0 {
+                    s[at - 1] = 0xff;
+                }
+                assert_eq!(needs_escape(&s), !plain(b), "{s:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn bare_and_lost_events_match_too() {
     let mut cache = TimeCache::default();
     for ev in [
