@@ -851,7 +851,7 @@ mod tests {
         event.set_ret(-98);
         event.attribution = Attribution::Current;
         if i.is_multiple_of(3) {
-            event.holder = Some(Holder {
+            event.holder = Some(Box::new(Holder {
                 pid: Some(42),
                 comm: Some("old\"server\n".to_owned()),
                 state: Some(TcpState::TimeWait),
@@ -860,7 +860,7 @@ mod tests {
                 sport: 8080,
                 daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
                 dport: 51000,
-            });
+            }));
         }
         event.cmdline = Some(format!("/usr/sbin/nginx -g {}", "x".repeat(pad)).into());
         Record {

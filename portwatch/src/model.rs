@@ -271,8 +271,10 @@ pub struct Event {
     pub ret: Option<i32>,
     /// The errno's name when `ret` is negative.
     pub errno: Option<SmolStr>,
+    /// Boxed, as `pool`: rare, and every event is moved several times on
+    /// its way to the output.
     #[serde(default)]
-    pub holder: Option<Holder>,
+    pub holder: Option<Box<Holder>>,
     pub attribution: Attribution,
     /// Full command line, when the process could be read. Shared with
     /// every event of the process: a clone counts a reference.
@@ -310,7 +312,7 @@ pub struct Event {
     /// On a connect() that failed with EADDRNOTAVAIL: the sockets holding
     /// ports towards its destination when portwatch looked.
     #[serde(default)]
-    pub pool: Option<PoolUse>,
+    pub pool: Option<Box<PoolUse>>,
     /// Why `holder` (on EADDRINUSE) or `pool` could not be found.
     #[serde(default)]
     pub lookup_error: Option<String>,

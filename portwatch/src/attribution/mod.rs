@@ -658,7 +658,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             EventKind::Bind => {
                 if ev.errno_value() == Some(errno::EADDRINUSE) {
                     match self.holder(&ev) {
-                        Ok(h) => ev.holder = h,
+                        Ok(h) => ev.holder = h.map(Box::new),
                         Err(why) => ev.lookup_error = Some(why),
                     }
                 }
@@ -679,7 +679,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             return;
         };
         match self.sockets.pool(ev.netns, daddr, dport) {
-            Ok(pool) => ev.pool = Some(pool),
+            Ok(pool) => ev.pool = Some(Box::new(pool)),
             Err(why) => ev.lookup_error = Some(why),
         }
     }

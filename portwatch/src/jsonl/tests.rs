@@ -119,7 +119,7 @@ fn random_event(r: &mut Rng) -> Event {
         ev.set_ret(r.pick(&[0, -98, -99, -115, -4242, i32::MIN + 1]));
     }
     if r.next().is_multiple_of(5) {
-        ev.holder = Some(Holder {
+        ev.holder = Some(Box::new(Holder {
             pid: r.some().then_some(42),
             comm: r.some().then(|| r.pick(TEXTS).to_owned()),
             state: r.some().then(|| r.pick(&states)),
@@ -128,7 +128,7 @@ fn random_event(r: &mut Rng) -> Event {
             sport: 8080,
             daddr: r.pick(&addrs),
             dport: 0,
-        });
+        }));
     }
     ev.attribution = r.pick(&[
         Attribution::Current,
@@ -154,13 +154,13 @@ fn random_event(r: &mut Rng) -> Event {
     ev.container_pid = r.some().then(|| r.next() as u32);
     ev.side = r.some().then(|| r.pick(&[Side::Client, Side::Server]));
     if r.next().is_multiple_of(5) {
-        ev.pool = Some(PoolUse {
+        ev.pool = Some(Box::new(PoolUse {
             in_use: 3,
             by_state: [("TIME_WAIT".to_owned(), 3)].into_iter().collect(),
             capacity: 10,
             range_low: 40000,
             range_high: 40009,
-        });
+        }));
     }
     ev.lookup_error = text(r).map(String::from);
     ev.inferred = text(r).map(String::from);
