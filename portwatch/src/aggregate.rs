@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::model::{Event, EventKind, LostReason, PoolUse, Side, TcpState};
+use crate::model::{Event, EventKind, LostReason, PoolUse, Side, SmolStr, TcpState};
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s on Linux (not tunable there).
 pub const TIMEWAIT_NS: i128 = 60 * 1_000_000_000;
@@ -14,7 +14,7 @@ pub const TIMEWAIT_NS: i128 = 60 * 1_000_000_000;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ProcKey {
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<SmolStr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,9 +64,13 @@ impl LostByReason {
     }
 }
 
+/// Per process: keyed by pid and name, which no remote peer chooses, so
+/// hashed with a cheaper seeded hash than SipHash (one lookup per event).
+pub type ProcTable = HashMap<ProcKey, ProcStats, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct Aggregator {
-    procs: HashMap<ProcKey, ProcStats>,
+    procs: ProcTable,
     events: u64,
     lost: u64,
     lost_by_reason: LostByReason,
@@ -140,7 +144,10 @@ impl Aggregator {
                 }
                 if ev.is_failure() {
                     if let Some(e) = &ev.errno {
-                        *stats.connect_failures.entry((e.clone(), dest)).or_default() += 1;
+                        *stats
+                            .connect_failures
+                            .entry((e.to_string(), dest))
+                            .or_default() += 1;
                     }
                 }
             }
@@ -154,7 +161,10 @@ impl Aggregator {
             EventKind::Bind if ev.is_failure() => {
                 if let Some(e) = &ev.errno {
                     let port = ev.sport.unwrap_or(0);
-                    *stats.bind_failures.entry((e.clone(), port)).or_default() += 1;
+                    *stats
+                        .bind_failures
+                        .entry((e.to_string(), port))
+                        .or_default() += 1;
                 }
             }
             // A failure inferred on a hook that cannot see the errno.
@@ -193,7 +203,7 @@ impl Aggregator {
         self.lost
     }
 
-    pub fn process_stats(&self) -> &HashMap<ProcKey, ProcStats> {
+    pub fn process_stats(&self) -> &ProcTable {
         &self.procs
     }
 
@@ -211,7 +221,7 @@ impl Aggregator {
                     .cloned()
                     .unwrap_or(ProcKey {
                         pid,
-                        comm: pid.map(|_| comm),
+                        comm: pid.map(|_| comm.into()),
                     });
                 self.procs.entry(key).or_default().events = n;
             }
@@ -236,7 +246,7 @@ impl Aggregator {
             .iter()
             .map(|(k, s)| ProcSummary {
                 pid: k.pid,
-                comm: k.comm.clone(),
+                comm: k.comm.as_deref().map(String::from),
                 events: s.events,
                 timewait: s.timewait,
                 timewait_destinations: s

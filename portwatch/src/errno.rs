@@ -130,8 +130,12 @@ pub fn socket_call_name(errno: i32) -> Option<&'static str> {
 }
 
 /// A display name that never fails: unknown values print as `E123`.
-pub fn display(errno: i32) -> String {
-    name(errno).map_or_else(|| format!("E{errno}"), str::to_owned)
+/// Inline, not allocated: every failed call's event carries one.
+pub fn display(errno: i32) -> smol_str::SmolStr {
+    match name(errno) {
+        Some(n) => smol_str::SmolStr::new(n),
+        None => smol_str::format_smolstr!("E{errno}"),
+    }
 }
 
 /// Whether a return value is a failure worth reporting. A non-blocking

@@ -844,14 +844,14 @@ mod tests {
             EventKind::Bind,
         );
         event.pid = Some(1000 + i as u32);
-        event.comm = Some("nginx-wörker".to_owned());
+        event.comm = Some("nginx-wörker".into());
         event.protocol = Some(Protocol::Tcp);
         event.saddr = Some(IpAddr::V6(Ipv6Addr::LOCALHOST));
         event.sport = Some(8080);
         event.set_ret(-98);
         event.attribution = Attribution::Current;
         if i.is_multiple_of(3) {
-            event.holder = Some(Holder {
+            event.holder = Some(Box::new(Holder {
                 pid: Some(42),
                 comm: Some("old\"server\n".to_owned()),
                 state: Some(TcpState::TimeWait),
@@ -860,9 +860,9 @@ mod tests {
                 sport: 8080,
                 daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
                 dport: 51000,
-            });
+            }));
         }
-        event.cmdline = Some(format!("/usr/sbin/nginx -g {}", "x".repeat(pad)));
+        event.cmdline = Some(format!("/usr/sbin/nginx -g {}", "x".repeat(pad)).into());
         Record {
             boot_id: "0b4c3f2e-1111-4222-8333-944445555666".to_owned(),
             mono_ns: i,

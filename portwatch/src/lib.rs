@@ -13,6 +13,7 @@ pub mod escape;
 pub mod explain;
 pub mod filter;
 pub mod journal;
+pub mod jsonl;
 pub mod model;
 pub mod output;
 pub mod pipeline;

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
+pub use smol_str::SmolStr;
 
 use crate::errno;
 
@@ -255,7 +256,8 @@ pub struct Event {
     pub event: EventKind,
     pub pid: Option<u32>,
     pub tid: Option<u32>,
-    pub comm: Option<String>,
+    /// Inline (the kernel keeps 15 bytes): copied, never allocated.
+    pub comm: Option<SmolStr>,
     pub uid: Option<u32>,
     pub family: Option<Family>,
     pub protocol: Option<Protocol>,
@@ -268,16 +270,20 @@ pub struct Event {
     /// 0 or -errno, for bind and connect.
     pub ret: Option<i32>,
     /// The errno's name when `ret` is negative.
-    pub errno: Option<String>,
+    pub errno: Option<SmolStr>,
+    /// Boxed, as `pool`: rare, and every event is moved several times on
+    /// its way to the output.
     #[serde(default)]
-    pub holder: Option<Holder>,
+    pub holder: Option<Box<Holder>>,
     pub attribution: Attribution,
-    /// Full command line, when the process could be read.
+    /// Full command line, when the process could be read. Shared with
+    /// every event of the process: a clone counts a reference.
     #[serde(default)]
-    pub cmdline: Option<String>,
-    /// cgroup path (systemd unit or container), when the process could be read.
+    pub cmdline: Option<SmolStr>,
+    /// cgroup path (systemd unit or container), when the process could be
+    /// read; shared like `cmdline`.
     #[serde(default)]
-    pub cgroup: Option<String>,
+    pub cgroup: Option<SmolStr>,
     /// The cgroup v2 id the kernel saw the owner in; it names the cgroup even
     /// after the process has exited.
     #[serde(default)]
@@ -306,7 +312,7 @@ pub struct Event {
     /// On a connect() that failed with EADDRNOTAVAIL: the sockets holding
     /// ports towards its destination when portwatch looked.
     #[serde(default)]
-    pub pool: Option<PoolUse>,
+    pub pool: Option<Box<PoolUse>>,
     /// Why `holder` (on EADDRINUSE) or `pool` could not be found.
     #[serde(default)]
     pub lookup_error: Option<String>,

@@ -1,26 +1,36 @@
 //! Wall-clock times as RFC 3339 UTC with nanoseconds, the JSON schema's `time`.
 
+use std::fmt::Write as _;
+
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 /// RFC 3339, UTC, nine fractional digits: `2026-11-23T22:01:02.123456789Z`.
 pub fn format_ns(ns: i128) -> String {
     match OffsetDateTime::from_unix_timestamp_nanos(ns) {
         Ok(t) => {
-            let date = t.date();
-            let clock = t.time();
-            format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
-                date.year(),
-                u8::from(date.month()),
-                date.day(),
-                clock.hour(),
-                clock.minute(),
-                clock.second(),
-                clock.nanosecond()
-            )
+            let mut s = String::with_capacity(30);
+            let _ = write_seconds(&mut s, t);
+            let _ = write!(s, ".{:09}Z", t.nanosecond());
+            s
         }
         Err(_) => "1970-01-01T00:00:00.000000000Z".to_owned(),
     }
+}
+
+/// [`format_ns`] up to the seconds (`2026-11-23T22:01:02`), for writers
+/// that add the fraction themselves.
+pub fn write_seconds(w: &mut impl std::fmt::Write, t: OffsetDateTime) -> std::fmt::Result {
+    let (date, clock) = (t.date(), t.time());
+    write!(
+        w,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day(),
+        clock.hour(),
+        clock.minute(),
+        clock.second()
+    )
 }
 
 pub fn parse_ns(s: &str) -> Result<i128, time::error::Parse> {

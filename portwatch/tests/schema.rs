@@ -57,7 +57,7 @@ fn full_event() -> Event {
     ev.old_state = Some(TcpState::Close);
     ev.new_state = Some(TcpState::Listen);
     ev.set_ret(-98);
-    ev.holder = Some(Holder {
+    ev.holder = Some(Box::new(Holder {
         pid: Some(3134),
         comm: Some("python3".into()),
         state: Some(TcpState::Listen),
@@ -66,7 +66,7 @@ fn full_event() -> Event {
         sport: 1433,
         daddr: ip("0.0.0.0"),
         dport: 0,
-    });
+    }));
     ev.attribution = Attribution::Current;
     ev.cmdline = Some("python3 server.py".into());
     ev.cgroup = Some("/system.slice/app.service".into());

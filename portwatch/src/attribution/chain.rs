@@ -6,7 +6,6 @@
 //! otherwise be read back as the new socket's.
 
 use lru::LruCache;
-use std::num::NonZeroUsize;
 
 use crate::model::{SockId, TcpState};
 
@@ -49,25 +48,29 @@ pub fn is_birth(old: TcpState, new: TcpState) -> bool {
 
 /// How many transitions lie between `from` and `to` without passing
 /// through CLOSE; None when `to` cannot follow `from` in one life.
+/// Breadth-first on the stack: it runs for most transitions.
 pub fn distance(from: TcpState, to: TcpState) -> Option<u64> {
-    let mut frontier = vec![from];
-    let mut seen = vec![from];
+    const STATES: usize = TcpState::NewSynRecv as usize + 1;
+    let mut seen = [false; STATES];
+    seen[from as usize] = true;
+    let (mut frontier, mut len) = ([from; STATES], 1);
     let mut steps = 0;
-    while !frontier.is_empty() {
-        if frontier.contains(&to) {
+    while len > 0 {
+        if frontier[..len].contains(&to) {
             return Some(steps);
         }
         steps += 1;
-        let mut next = Vec::new();
-        for s in frontier {
+        let (mut next, mut n) = ([from; STATES], 0);
+        for &s in &frontier[..len] {
             for &(a, b) in EDGES {
-                if a == s && !seen.contains(&b) {
-                    seen.push(b);
-                    next.push(b);
+                if a == s && !seen[b as usize] {
+                    seen[b as usize] = true;
+                    next[n] = b;
+                    n += 1;
                 }
             }
         }
-        frontier = next;
+        (frontier, len) = (next, n);
     }
     None
 }
@@ -136,8 +139,11 @@ pub struct Chains<O> {
 
 impl<O> Default for Chains<O> {
     fn default() -> Self {
+        // Kept at MAX_SOCKETS by `set` rather than sized for it up front:
+        // the table grows with the sockets actually followed, and a table
+        // that fits its sockets keeps lookups in cache.
         Chains {
-            socks: LruCache::new(NonZeroUsize::new(MAX_SOCKETS).unwrap_or(NonZeroUsize::MIN)),
+            socks: LruCache::unbounded(),
         }
     }
 }
@@ -163,8 +169,12 @@ impl<O> Chains<O> {
         }
     }
 
-    /// Records `sock` as having entered `state`, owned by `owner`.
+    /// Records `sock` as having entered `state`, owned by `owner`; the
+    /// socket used least recently is forgotten to make room.
     pub fn set(&mut self, sock: SockId, state: TcpState, owner: O) {
+        if self.socks.len() >= MAX_SOCKETS && !self.socks.contains(&sock) {
+            self.socks.pop_lru();
+        }
         self.socks.put(sock, (state, owner));
     }
 
@@ -239,6 +249,21 @@ mod tests {
             judge(Some(Close), SynRecv, Established),
             Verdict::NewLife { missing: 1 }
         );
+    }
+
+    #[test]
+    fn the_socket_used_least_recently_makes_room() {
+        let mut c: Chains<u32> = Chains::default();
+        for i in 0..MAX_SOCKETS as u64 {
+            c.set(SockId(i), Established, 0);
+        }
+        // Socket 0 moves on; socket 1 is now the one used least recently.
+        assert!(c.step(SockId(0), Established, FinWait1).1.is_some());
+        c.set(SockId(u64::MAX), SynSent, 1);
+        assert_eq!(c.socks.len(), MAX_SOCKETS);
+        assert!(c.peek(SockId(0)).is_some());
+        assert!(c.peek(SockId(1)).is_none());
+        assert!(c.peek(SockId(u64::MAX)).is_some());
     }
 
     #[test]

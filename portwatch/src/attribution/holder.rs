@@ -102,9 +102,10 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             // The snapshot is taken when the bind's event is processed, a
             // little after it happened; what the trace saw of that connection
             // up to the bind is the state it held the port in.
-            let seen = self
-                .origins
-                .get(&(netns, (best.saddr, best.sport, best.daddr, best.dport)));
+            let seen = self.origins.get(&super::NsKey::new(
+                netns,
+                (best.saddr, best.sport, best.daddr, best.dport),
+            ));
             if let Some(k) = seen {
                 if k.state.is_some() && k.state != Some(TcpState::Close) {
                     h.state = k.state;
@@ -124,7 +125,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 });
                 if let Some(k) = known {
                     h.pid = k.pid;
-                    h.comm.clone_from(&k.comm);
+                    h.comm = k.comm.as_deref().map(String::from);
                 }
             }
             return Ok(Some(h));
@@ -143,7 +144,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             (None, Ok(_)) => Ok(None),
             (Some((k, known, _)), _) => Ok(Some(Holder {
                 pid: known.pid,
-                comm: known.comm.clone(),
+                comm: known.comm.as_deref().map(String::from),
                 state: Some(TcpState::Listen),
                 protocol: Some(Protocol::Tcp),
                 saddr: k.addr,

@@ -128,7 +128,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         ev.set_ret(-errno::EADDRINUSE);
         match self.holder(&ev) {
             Ok(Some(h)) => {
-                ev.holder = Some(h);
+                ev.holder = Some(Box::new(h));
                 ev.inferred = Some(format!(
                     "{NO_CONFIRMATION}; EADDRINUSE because a conflicting socket holds the port"
                 ));

@@ -15,7 +15,9 @@
 mod chain;
 mod holder;
 mod inferred;
+mod keys;
 mod listeners;
+mod procs;
 #[cfg(test)]
 mod tests;
 
@@ -25,9 +27,10 @@ use std::net::IpAddr;
 use crate::errno;
 use crate::model::{
     Attribution, Dest, Event, EventKind, Family, Hints, LostReason, PoolUse, Protocol, Side,
-    SourceMsg, TcpState,
+    SmolStr, SourceMsg, TcpState,
 };
 pub use holder::overlaps;
+use keys::NsKey;
 use listeners::{ChildOwner, ListenerKey, Listeners};
 
 /// A socket bound to a port, as a snapshot shows it.
@@ -72,13 +75,19 @@ pub trait SocketProbe {
     ) -> Result<PoolUse, String> {
         Err("no live socket table to count in".to_owned())
     }
-    /// [`SocketProbe::tcp_state`] for many sockets of one namespace, in
-    /// order: one round trip where the probe can batch.
-    fn tcp_states(&mut self, netns: Option<u64>, tuples: &[Tuple]) -> Vec<Option<TcpState>> {
-        tuples
-            .iter()
-            .map(|&(sa, sp, da, dp)| self.tcp_state(netns, sa, sp, da, dp))
-            .collect()
+    /// [`SocketProbe::tcp_state`] for many sockets of one namespace,
+    /// appended to `out` in order: one round trip where the probe can
+    /// batch, into a buffer the caller reuses.
+    fn tcp_states(
+        &mut self,
+        netns: Option<u64>,
+        tuples: &[Tuple],
+        out: &mut Vec<Option<TcpState>>,
+    ) {
+        for &(sa, sp, da, dp) in tuples {
+            let state = self.tcp_state(netns, sa, sp, da, dp);
+            out.push(state);
+        }
     }
 }
 
@@ -96,8 +105,9 @@ pub struct ProcessInfo {
 pub trait ProcessLookup {
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo>;
     /// The path of a cgroup v2 id, for processes that are gone by the time
-    /// their event is read.
-    fn cgroup_path(&mut self, _id: u64) -> Option<String> {
+    /// their event is read; asked for every such event, so shared, not
+    /// copied.
+    fn cgroup_path(&mut self, _id: u64) -> Option<SmolStr> {
         None
     }
 }
@@ -136,7 +146,7 @@ pub struct Known {
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     pub uid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<SmolStr>,
     pub family: Option<Family>,
     pub time: i128,
     /// The last state this trace saw the socket in.
@@ -164,7 +174,7 @@ impl Known {
             pid: Some(pid),
             tid: Some(pid),
             uid: Some(uid),
-            comm: Some(comm),
+            comm: Some(comm.into()),
             family: None,
             time: 0,
             state: None,
@@ -197,7 +207,6 @@ fn listener_key(ev: &Event) -> Option<ListenerKey> {
 }
 
 /// Upper bounds on what attribution remembers, so a long trace stays small.
-const MAX_PROCS: usize = 16384;
 const MAX_ORIGINS: usize = 65536;
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s); when the table is full, forget
 /// origins older than that and a margin first.
@@ -211,28 +220,32 @@ const MAX_PREEXISTING: usize = 65536;
 
 /// A 4-tuple in a network namespace.
 type NsTuple = (Option<u64>, Tuple);
+/// A table keyed by it (see [`keys`]).
+type ByTuple<V> = HashMap<NsKey, V>;
 
 pub struct Attributor<S, P> {
     sockets: S,
     processes: P,
-    proc_cache: HashMap<u32, (Option<String>, Option<ProcessInfo>)>,
+    procs: procs::Procs,
     /// Listening sockets seen during the trace.
     listeners: Listeners,
     /// Each socket's last state and owner.
     chains: chain::Chains<Known>,
     /// Who made each connection, for the sockets that outlive their owner:
     /// TIME_WAIT and orphans have no process the kernel knows.
-    origins: HashMap<NsTuple, Known>,
+    origins: ByTuple<Known>,
     /// Socket states fetched ahead for the batch being processed.
-    prefetched: HashMap<NsTuple, Option<TcpState>>,
+    prefetched: ByTuple<Option<TcpState>>,
+    /// Buffers [`Attributor::prefetch`] reuses batch after batch.
+    prefetch_scratch: (Vec<NsTuple>, Vec<Tuple>, Vec<Option<TcpState>>),
     /// Closes that left a timewait socket in its FIN_WAIT2 sub-state (an
     /// orphan whose FIN was acked before the peer's FIN came): it becomes
     /// TIME_WAIT when that FIN arrives. [`Attributor::poll`] re-checks them.
-    fw2_pending: HashMap<NsTuple, Event>,
+    fw2_pending: ByTuple<Event>,
     /// Connections that existed before the trace, with their owners from
     /// the start-up snapshot; each is used (and forgotten) when the socket
     /// is first seen.
-    preexisting: HashMap<NsTuple, Known>,
+    preexisting: ByTuple<Known>,
     /// bind() attempts from cgroup hooks waiting for their confirmation.
     pending_binds: inferred::PendingBinds,
     /// Synthesize connect() outcomes from the state tracepoint (when no
@@ -256,13 +269,14 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         Attributor {
             sockets,
             processes,
-            proc_cache: HashMap::new(),
+            procs: procs::Procs::default(),
             listeners: Listeners::default(),
             chains: chain::Chains::default(),
-            origins: HashMap::new(),
-            prefetched: HashMap::new(),
-            fw2_pending: HashMap::new(),
-            preexisting: HashMap::new(),
+            origins: ByTuple::default(),
+            prefetched: ByTuple::default(),
+            prefetch_scratch: Default::default(),
+            fw2_pending: ByTuple::default(),
+            preexisting: ByTuple::default(),
             pending_binds: inferred::PendingBinds::default(),
             infer_connects: false,
             sparse: false,
@@ -308,7 +322,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// A connection that existed before the trace, and its owner.
     pub fn seed_connection(&mut self, netns: Option<u64>, tuple: Tuple, owner: Known) {
         if self.preexisting.len() < MAX_PREEXISTING {
-            self.preexisting.insert((netns, tuple), owner);
+            self.preexisting.insert(NsKey::new(netns, tuple), owner);
         }
     }
 
@@ -325,22 +339,29 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     /// uses the answers instead of one round trip per event.
     pub fn prefetch(&mut self, msgs: &[SourceMsg]) {
         self.prefetched.clear();
-        let mut by_netns: HashMap<Option<u64>, Vec<Tuple>> = HashMap::new();
+        let (mut keys, mut tuples, mut states) = std::mem::take(&mut self.prefetch_scratch);
+        keys.clear();
         for m in msgs {
             if let SourceMsg::Event(ev, hints) = m {
                 if needs_socket_check(ev, *hints) {
                     if let Some(t) = tuple(ev) {
-                        let netns = self.netns_of(ev);
-                        by_netns.entry(netns).or_default().push(t);
+                        keys.push((self.netns_of(ev), t));
                     }
                 }
             }
         }
-        for (netns, tuples) in by_netns {
-            let states = self.sockets.tcp_states(netns, &tuples);
+        // One lookup per namespace.
+        keys.sort_unstable_by_key(|(netns, _)| *netns);
+        for group in keys.chunk_by(|a, b| a.0 == b.0) {
+            let netns = group[0].0;
+            tuples.clear();
+            tuples.extend(group.iter().map(|(_, t)| *t));
+            states.clear();
+            self.sockets.tcp_states(netns, &tuples, &mut states);
             self.prefetched
-                .extend(tuples.into_iter().map(|t| (netns, t)).zip(states));
+                .extend(group.iter().map(|&k| NsKey(k)).zip(states.iter().copied()));
         }
+        self.prefetch_scratch = (keys, tuples, states);
     }
 
     /// Re-checks closes that were waiting in the FIN_WAIT2 sub-state; returns
@@ -355,13 +376,15 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             return out;
         }
         let mut by_netns: HashMap<Option<u64>, Vec<Tuple>> = HashMap::new();
-        for (netns, t) in self.fw2_pending.keys() {
+        for NsKey((netns, t)) in self.fw2_pending.keys() {
             by_netns.entry(*netns).or_default().push(*t);
         }
+        let mut states = Vec::new();
         for (netns, tuples) in by_netns {
-            let states = self.sockets.tcp_states(netns, &tuples);
-            for (t, state) in tuples.into_iter().zip(states) {
-                let key = (netns, t);
+            states.clear();
+            self.sockets.tcp_states(netns, &tuples, &mut states);
+            for (t, &state) in tuples.into_iter().zip(&states) {
+                let key = NsKey::new(netns, t);
                 let expired = self
                     .fw2_pending
                     .get(&key)
@@ -425,23 +448,8 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     }
 
     /// What /proc says about the event's process, read once per process.
-    fn info(&mut self, ev: &Event) -> Option<&ProcessInfo> {
-        let pid = ev.pid?;
-        // A pid can be reused: the cached entry is valid only for the same comm.
-        let fresh = match self.proc_cache.get(&pid) {
-            Some((comm, _)) => comm != &ev.comm,
-            None => true,
-        };
-        if fresh {
-            if self.proc_cache.len() >= MAX_PROCS {
-                self.proc_cache.clear();
-            }
-            let info = self.processes.lookup(pid);
-            self.proc_cache.insert(pid, (ev.comm.clone(), info));
-        }
-        self.proc_cache
-            .get(&pid)
-            .and_then(|(_, info)| info.as_ref())
+    fn info(&mut self, ev: &Event) -> Option<&procs::Shared> {
+        self.procs.get(&mut self.processes, ev.pid?, &ev.comm)
     }
 
     /// The socket's namespace: from the kernel when it could read it, else
@@ -454,14 +462,12 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     }
 
     fn enrich(&mut self, ev: &mut Event) {
-        if self.info(ev).is_some() {
-            if let Some((_, Some(info))) = ev.pid.and_then(|p| self.proc_cache.get(&p)) {
-                ev.cmdline.clone_from(&info.cmdline);
-                ev.cgroup.clone_from(&info.cgroup);
-                ev.container_pid = info.container_pid;
-                if ev.netns.is_none() {
-                    ev.netns = info.netns;
-                }
+        if let Some(info) = self.info(ev) {
+            ev.cmdline.clone_from(&info.cmdline);
+            ev.cgroup.clone_from(&info.cgroup);
+            ev.container_pid = info.container_pid;
+            if ev.netns.is_none() {
+                ev.netns = info.netns;
             }
         }
         if ev.cgroup.is_none() {
@@ -566,7 +572,9 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             }
         }
         if first_sight {
-            if let Some(k) = tuple(ev).and_then(|t| self.preexisting.remove(&(ev.netns, t))) {
+            if let Some(k) =
+                tuple(ev).and_then(|t| self.preexisting.remove(&NsKey::new(ev.netns, t)))
+            {
                 ev.side = k.side;
                 if ev.attribution != Attribution::Current && ev.pid.is_none() {
                     Self::set_owner(ev, Some(&k));
@@ -640,7 +648,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                             if self.fw2_pending.len() >= MAX_FW2_PENDING {
                                 self.fw2_pending.clear();
                             }
-                            self.fw2_pending.insert((ev.netns, t), ev.clone());
+                            self.fw2_pending.insert(NsKey::new(ev.netns, t), ev.clone());
                         }
                         out.push(ev);
                     }
@@ -650,7 +658,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             EventKind::Bind => {
                 if ev.errno_value() == Some(errno::EADDRINUSE) {
                     match self.holder(&ev) {
-                        Ok(h) => ev.holder = h,
+                        Ok(h) => ev.holder = h.map(Box::new),
                         Err(why) => ev.lookup_error = Some(why),
                     }
                 }
@@ -671,7 +679,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             return;
         };
         match self.sockets.pool(ev.netns, daddr, dport) {
-            Ok(pool) => ev.pool = Some(pool),
+            Ok(pool) => ev.pool = Some(Box::new(pool)),
             Err(why) => ev.lookup_error = Some(why),
         }
     }
@@ -698,7 +706,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         } else if let Some(t) = tuple(ev) {
             // Events arrive in order, so this is the state the socket was in
             // when any later event (a bind) happened.
-            if let Some(k) = self.origins.get_mut(&(ev.netns, t)) {
+            if let Some(k) = self.origins.get_mut(&NsKey::new(ev.netns, t)) {
                 k.state = new;
             }
         }
@@ -718,7 +726,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         let Some(t) = tuple(ev) else {
             return Closed::Gone;
         };
-        let state = match self.prefetched.remove(&(ev.netns, t)) {
+        let state = match self.prefetched.remove(&NsKey::new(ev.netns, t)) {
             Some(state) => state,
             None => self.sockets.tcp_state(ev.netns, t.0, t.1, t.2, t.3),
         };
@@ -743,6 +751,6 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 self.origins.clear();
             }
         }
-        self.origins.insert((ev.netns, t), Known::of(ev));
+        self.origins.insert(NsKey::new(ev.netns, t), Known::of(ev));
     }
 }

@@ -49,7 +49,7 @@ fn ip(s: &str) -> IpAddr {
 fn state(pid: u32, old: TcpState, new: TcpState, sport: u16, dport: u16) -> Event {
     let mut ev = Event::new(1_000, EventKind::State);
     ev.pid = Some(pid);
-    ev.comm = Some(format!("app{pid}"));
+    ev.comm = Some(format!("app{pid}").into());
     ev.family = Some(Family::Ipv4);
     ev.saddr = Some(ip("10.0.0.1"));
     ev.daddr = Some(ip("10.0.0.2"));
@@ -125,6 +125,74 @@ fn a_prefetched_batch_is_confirmed_without_a_lookup_per_event() {
         .collect();
     assert_eq!(tw.len(), 1);
     assert_eq!(tw[0].sport, Some(40001));
+}
+
+/// A socket table per namespace that answers a batch per call.
+#[derive(Default)]
+struct Namespaces {
+    timewait: Vec<(Option<u64>, Tuple)>,
+    batches: Vec<(Option<u64>, usize)>,
+}
+
+impl SocketProbe for Namespaces {
+    fn tcp_state(
+        &mut self,
+        netns: Option<u64>,
+        sa: IpAddr,
+        sp: u16,
+        da: IpAddr,
+        dp: u16,
+    ) -> Option<TcpState> {
+        let t = (sa, sp, da, dp);
+        self.timewait
+            .contains(&(netns, t))
+            .then_some(TcpState::TimeWait)
+    }
+    fn on_port(&mut self, _: Option<u64>, _: u16) -> Result<Vec<PortSocket>, String> {
+        Ok(Vec::new())
+    }
+    fn tcp_states(
+        &mut self,
+        netns: Option<u64>,
+        tuples: &[Tuple],
+        out: &mut Vec<Option<TcpState>>,
+    ) {
+        self.batches.push((netns, tuples.len()));
+        for &(sa, sp, da, dp) in tuples {
+            let state = self.tcp_state(netns, sa, sp, da, dp);
+            out.push(state);
+        }
+    }
+}
+
+#[test]
+fn a_prefetch_asks_each_namespace_once_and_keeps_their_answers_apart() {
+    let t = (ip("10.0.0.1"), 40001, ip("10.0.0.2"), 80);
+    let sockets = Namespaces {
+        timewait: vec![(Some(1), t)],
+        ..Default::default()
+    };
+    let mut a = Attributor::new(sockets, FakeProcs(0));
+    let close = |netns: u64, sport: u16| {
+        let mut ev = state(7, TcpState::FinWait2, TcpState::Close, sport, 80);
+        ev.netns = Some(netns);
+        msg(ev)
+    };
+    // The same 4-tuple closes in two namespaces; only namespace 1 has it
+    // in TIME_WAIT.
+    let batch = vec![close(2, 40001), close(1, 40001), close(2, 40009)];
+    a.prefetch(&batch);
+    let mut asked = a.sockets.batches.clone();
+    asked.sort();
+    assert_eq!(asked, vec![(Some(1), 1), (Some(2), 2)]);
+    let out: Vec<Event> = batch.into_iter().flat_map(|m| a.process(m)).collect();
+    assert_eq!(a.sockets.batches.len(), 2, "answers come from the prefetch");
+    let tw: Vec<(Option<u64>, Option<u16>)> = out
+        .iter()
+        .filter(|e| e.event == EventKind::Timewait)
+        .map(|e| (e.netns, e.sport))
+        .collect();
+    assert_eq!(tw, vec![(Some(1), Some(40001))]);
 }
 
 #[test]

@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 
 use procfs::ProcessCGroups;
 
+use crate::model::SmolStr;
+
 /// cgroup v2 ids (the inode of the cgroup's directory) to paths, rebuilt
 /// when an unknown id turns up, at most once a second.
 #[derive(Clone, Default)]
 pub struct CgroupIndex {
-    paths: HashMap<u64, String>,
+    /// Shared: an event of a process that is gone gets a reference.
+    paths: HashMap<u64, SmolStr>,
     scanned: Option<Instant>,
 }
 
 impl CgroupIndex {
-    pub fn path(&mut self, id: u64) -> Option<String> {
+    pub fn path(&mut self, id: u64) -> Option<SmolStr> {
         if let Some(p) = self.paths.get(&id) {
             return Some(p.clone());
         }
@@ -36,7 +39,7 @@ impl CgroupIndex {
                 let rel = dir
                     .strip_prefix(&root)
                     .map_or_else(|_| "/".to_owned(), |r| format!("/{}", r.display()));
-                self.paths.insert(meta.ino(), rel);
+                self.paths.insert(meta.ino(), rel.into());
             }
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 stack.extend(

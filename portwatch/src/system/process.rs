@@ -22,7 +22,7 @@ impl LiveProcesses {
 }
 
 impl ProcessLookup for LiveProcesses {
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+    fn cgroup_path(&mut self, id: u64) -> Option<crate::model::SmolStr> {
         self.cgroups.path(id)
     }
 

@@ -193,19 +193,25 @@ impl SocketProbe for LiveSockets {
         }
     }
 
-    fn tcp_states(&mut self, netns: Option<u64>, tuples: &[Tuple]) -> Vec<Option<TcpState>> {
+    fn tcp_states(
+        &mut self,
+        netns: Option<u64>,
+        tuples: &[Tuple],
+        out: &mut Vec<Option<TcpState>>,
+    ) {
         let result = match self.diag(netns) {
             Ok(diag) => diag.tcp_lookup_many(tuples),
-            Err(_) => return vec![None; tuples.len()],
+            Err(_) => return out.resize(out.len() + tuples.len(), None),
         };
         match result {
-            Ok(found) => found
-                .into_iter()
-                .map(|e| e.and_then(|s| TcpState::from_kernel(s.state)))
-                .collect(),
+            Ok(found) => out.extend(
+                found
+                    .into_iter()
+                    .map(|e| e.and_then(|s| TcpState::from_kernel(s.state))),
+            ),
             Err(e) => {
                 self.warn_once("lookup", format_args!("sock_diag lookups failed: {e}"));
-                vec![None; tuples.len()]
+                out.resize(out.len() + tuples.len(), None);
             }
         }
     }

@@ -6,7 +6,9 @@ use portwatch_common::{
     flags, kind, RawEvent, AF_INET, AF_INET6, EVENT_VERSION, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::model::{Attribution, Event, EventKind, Family, Hints, Protocol, SockId, TcpState};
+use crate::model::{
+    Attribution, Event, EventKind, Family, Hints, Protocol, SmolStr, SockId, TcpState,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -174,9 +176,11 @@ fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
-pub fn comm(bytes: &[u8; 16]) -> String {
+/// A command name from the kernel's 16 bytes: inline, never allocated
+/// unless lossy decoding makes it longer than 23 bytes.
+pub fn comm(bytes: &[u8; 16]) -> SmolStr {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    SmolStr::new(String::from_utf8_lossy(&bytes[..end]))
 }
 
 /// Decodes everything but the socket id (see [`Decoder`]).

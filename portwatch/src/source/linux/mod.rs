@@ -254,7 +254,7 @@ impl LinuxCollector {
             let comm = per_cpu
                 .iter()
                 .find(|c| c.comm[0] != 0)
-                .map(|c| decode::comm(&c.comm))
+                .map(|c| decode::comm(&c.comm).into())
                 .unwrap_or_default();
             out.insert(pid, (events, comm));
         }

@@ -53,7 +53,7 @@ impl Loop {
         for mut msg in self.msgs.drain(..) {
             if let SourceMsg::Event(ev, _) = &mut msg {
                 if ev.comm.is_none() {
-                    ev.comm = ev.pid.and_then(|p| self.names.name(p));
+                    ev.comm = ev.pid.and_then(|p| self.names.name(p)).map(Into::into);
                 }
             }
             if !quiet(self.pipeline.handle(msg))? {

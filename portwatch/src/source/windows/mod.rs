@@ -290,7 +290,7 @@ pub fn set_status(ev: &mut Event, status: u32) {
         ev.set_ret(-e);
     } else {
         ev.ret = Some(-(0x1_0000 + (status & 0xffff) as i32));
-        ev.errno = Some(format!("NTSTATUS_0x{status:08X}"));
+        ev.errno = Some(smol_str::format_smolstr!("NTSTATUS_0x{status:08X}"));
     }
 }
 
