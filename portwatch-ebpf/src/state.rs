@@ -205,6 +205,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         // transitions keep the side the socket was born with.
         owner.side = match (old, new) {
             (st::CLOSE, st::SYN_SENT) => side::CLIENT,
+            (st::CLOSE, st::LISTEN) => side::SERVER,
             _ => unsafe { OWNERS.get(&skaddr) }.map_or(0, |o| o.side),
         };
         // close() usually runs in the thread that connected or accepted: an

@@ -512,10 +512,12 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         }
         let birth = chain::is_birth(old, new);
         if birth {
-            ev.side = Some(if old == TcpState::Listen {
-                Side::Server
-            } else {
+            // A connect()'s socket is a client; a listener and the children
+            // it accepts are the server's.
+            ev.side = Some(if new == TcpState::SynSent {
                 Side::Client
+            } else {
+                Side::Server
             });
         }
         let (verdict, remembered) = self.chains.step(sock, old, new);

@@ -483,7 +483,8 @@ fn a_child_reusing_a_socket_whose_close_went_missing_takes_its_listener() {
     listen.event = EventKind::Listen;
     listen.daddr = Some(ip("0.0.0.0"));
     listen.saddr = Some(ip("0.0.0.0"));
-    a.process(msg(listen));
+    let out = a.process(msg(listen));
+    assert_eq!(out[0].side, Some(crate::model::Side::Server), "a listener serves");
     let client = [
         (Current, Close, SynSent, (0, 8080)),
         (Remembered, SynSent, Established, (40001, 8080)),

@@ -138,7 +138,7 @@ pub fn add_creators(report: &mut WhoReport, records: &[crate::journal::Record], 
             }
             s.created_by = Some(CreatedBy {
                 pid: r.event.pid,
-                comm: r.event.comm.clone(),
+                comm: r.event.comm.as_deref().map(String::from),
                 uid: r.event.uid,
                 time: r.event.time,
             });
