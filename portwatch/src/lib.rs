@@ -20,6 +20,7 @@ pub mod source;
 pub mod sysctl;
 pub mod term;
 pub mod timefmt;
+pub mod view;
 /// Windows: IP Helper tables, netsh parsing, registry, AutoLogger. Its pure
 /// parts build and are tested everywhere; the system calls only on Windows.
 pub mod windows;
