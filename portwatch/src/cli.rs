@@ -105,6 +105,15 @@ pub enum Command {
     /// folder; for packagers.
     #[command(hide = true)]
     Manpages(ManpagesArgs),
+
+    /// A full-screen live view: per process, the TIME_WAIT sockets it holds
+    /// now, TIME_WAIT entries and connects per second, bind and connect
+    /// failures; per destination, the ephemeral ports in use against its
+    /// namespace's range and the time to exhaustion; recent failures with
+    /// the holder of the port. Keys: q quit, s/d sort, / filter, p pause.
+    /// Needs what `trace` needs.
+    #[cfg(target_os = "linux")]
+    Top(TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +128,23 @@ pub struct ManpagesArgs {
     /// Where to write them (created if missing).
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print one snapshot after one refresh and exit (a text screen, or
+    /// JSON with --json), for scripts.
+    #[arg(long)]
+    pub once: bool,
+
+    /// With --once: one JSON object, {"processes", "destinations", "failures", ...}.
+    #[arg(long, requires = "once")]
+    pub json: bool,
+
+    /// Seconds between refreshes (and socket-table censuses).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -130,6 +130,17 @@ impl ViewState {
         }
     }
 
+    /// The view begins now (wall-clock ns): after attaching, which takes
+    /// a while, so that the first rates are not diluted by it.
+    pub fn begin(&mut self, now: i128) {
+        self.started = now;
+        self.now = now;
+        for p in self.procs.values_mut() {
+            p.samples.clear();
+            p.samples.push_back((now, p.timewait_entries, p.connects));
+        }
+    }
+
     /// An attributed event.
     pub fn add(&mut self, ev: &Event) {
         if ev.event == EventKind::Lost {

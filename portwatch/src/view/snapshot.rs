@@ -275,7 +275,13 @@ impl ViewState {
             .map(|f| &f.event)
             .filter(|e| {
                 let pid = e.pid.map(|x| x.to_string());
-                matches(filter, &[e.comm.as_deref(), pid.as_deref()])
+                let (a, p) = if e.event == EventKind::Bind {
+                    e.local()
+                } else {
+                    e.remote()
+                };
+                let addr = format!("{a}:{p}");
+                matches(filter, &[e.comm.as_deref(), pid.as_deref(), Some(&addr)])
             })
             .map(|e| FailureRow {
                 time: e.time,
