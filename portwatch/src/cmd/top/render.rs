@@ -33,15 +33,36 @@ fn bold() -> Style {
     Style::default().add_modifier(Modifier::BOLD)
 }
 
-/// A header row; the first `numeric` columns of `right` are right-aligned
-/// like their numbers.
-fn header<'a>(cells: &[&'a str], right: &[bool]) -> Row<'a> {
-    let cells = cells
-        .iter()
-        .zip(right)
-        .map(|(c, r)| cell(c.to_string(), *r));
-    Row::new(cells.collect::<Vec<_>>()).style(bold().add_modifier(Modifier::REVERSED))
-}
+/// A column: its title, its width (0: what the others leave), and whether
+/// it holds numbers (right-aligned).
+type Column = (&'static str, u16, bool);
+
+const PROC_COLS: [Column; 8] = [
+    ("PID", 7, true),
+    ("COMM", 15, false),
+    ("TW NOW", 7, true),
+    ("TW/s", 6, true),
+    ("CONN/s", 6, true),
+    ("BINDF", 6, true),
+    ("CONNF", 6, true),
+    ("UNIT/CONTAINER", 0, false),
+];
+const DEST_COLS: [Column; 7] = [
+    ("NETNS", 10, false),
+    ("DESTINATION", 22, false),
+    ("IN USE", 6, true),
+    ("OF", 6, true),
+    ("USE", 6, true),
+    ("+/s", 6, true),
+    ("EXHAUSTED IN", 0, false),
+];
+const FAIL_COLS: [Column; 5] = [
+    ("TIME", 8, false),
+    ("PROCESS", 16, false),
+    ("ERRNO", 13, false),
+    ("CALL", 22, false),
+    ("HOLDER / POOL", 0, false),
+];
 
 /// A cell, right-aligned for numbers.
 fn cell(s: String, right: bool) -> Cell<'static> {
@@ -53,12 +74,29 @@ fn cell(s: String, right: bool) -> Cell<'static> {
     })
 }
 
-fn cells(values: Vec<String>, right: &[bool]) -> Vec<Cell<'static>> {
-    values
-        .into_iter()
-        .zip(right)
-        .map(|(v, r)| cell(v, *r))
-        .collect()
+fn row(values: Vec<String>, cols: &[Column]) -> Row<'static> {
+    Row::new(
+        values
+            .into_iter()
+            .zip(cols)
+            .map(|(v, c)| cell(v, c.2))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// A pane: `rows` under the columns' titles, in a block titled `title`.
+fn table(rows: Vec<Row<'static>>, cols: &[Column], title: String) -> Table<'static> {
+    let widths = cols.iter().map(|c| match c.1 {
+        0 => Constraint::Fill(1),
+        w => Constraint::Length(w),
+    });
+    let header = Row::new(
+        cols.iter()
+            .map(|c| cell(c.0.to_owned(), c.2))
+            .collect::<Vec<_>>(),
+    )
+    .style(bold().add_modifier(Modifier::REVERSED));
+    Table::new(rows, widths).header(header).block(block(title))
 }
 
 /// `1.5`, `12`, `1.2k`: a rate in at most five characters.
@@ -109,9 +147,6 @@ fn netns(ns: Option<u64>, own: Option<u64>) -> String {
         None => "?".to_owned(),
     }
 }
-
-const PROC_RIGHT: [bool; 8] = [true, false, true, true, true, true, true, false];
-const DEST_RIGHT: [bool; 7] = [false, false, true, true, true, true, false];
 
 pub fn draw(f: &mut Frame, v: &Shown) {
     let area = f.area();
@@ -184,7 +219,7 @@ fn processes(buf: &mut Buffer, area: Rect, v: &Shown) {
             })
             .or_else(|| p.unit.clone())
             .unwrap_or_default();
-        Row::new(cells(
+        row(
             vec![
                 p.pid.map_or_else(|| "-".to_owned(), |x| x.to_string()),
                 p.comm
@@ -197,36 +232,10 @@ fn processes(buf: &mut Buffer, area: Rect, v: &Shown) {
                 p.connect_failures.to_string(),
                 visible(&unit).into_owned(),
             ],
-            &PROC_RIGHT,
-        ))
+            &PROC_COLS,
+        )
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(7),
-            Constraint::Length(15),
-            Constraint::Length(7),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(header(
-        &[
-            "PID",
-            "COMM",
-            "TW NOW",
-            "TW/s",
-            "CONN/s",
-            "BINDF",
-            "CONNF",
-            "UNIT/CONTAINER",
-        ],
-        &PROC_RIGHT,
-    ))
-    .block(block(title));
+    let table = table(rows.collect(), &PROC_COLS, title);
     ratatui::widgets::Widget::render(table, area, buf);
 }
 
@@ -251,7 +260,7 @@ fn destinations(buf: &mut Buffer, area: Rect, v: &Shown) {
             Some(e) => visible(e).into_owned(),
             None => duration(d.exhaustion_s),
         };
-        let row = Row::new(cells(
+        let row = row(
             vec![
                 netns(p.netns, v.own_netns),
                 endpoint(Some(p.daddr), Some(p.dport)),
@@ -261,39 +270,15 @@ fn destinations(buf: &mut Buffer, area: Rect, v: &Shown) {
                 d.growth_per_s.map_or_else(|| "-".to_owned(), rate),
                 tail,
             ],
-            &DEST_RIGHT,
-        ));
+            &DEST_COLS,
+        );
         if hot {
             row.style(Style::default().fg(Color::Red).add_modifier(Modifier::BOLD))
         } else {
             row
         }
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(10),
-            Constraint::Length(22),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(header(
-        &[
-            "NETNS",
-            "DESTINATION",
-            "IN USE",
-            "OF",
-            "USE",
-            "+/s",
-            "EXHAUSTED IN",
-        ],
-        &DEST_RIGHT,
-    ))
-    .block(block(title));
+    let table = table(rows.collect(), &DEST_COLS, title);
     ratatui::widgets::Widget::render(table, area, buf);
 }
 
@@ -314,32 +299,21 @@ fn failures(buf: &mut Buffer, area: Rect, v: &Shown) {
             (None, None, Some(e)) => visible(e).into_owned(),
             _ => "-".to_owned(),
         };
-        Row::new(vec![
-            crate::timefmt::clock_ms(f.time, v.offset)
-                .get(..8)
-                .unwrap_or_default()
-                .to_owned(),
-            process(f.pid, f.comm.as_deref()),
-            f.errno.clone().unwrap_or_else(|| "failed".into()),
-            format!("{call} {addr}"),
-            found,
-        ])
+        row(
+            vec![
+                crate::timefmt::clock_ms(f.time, v.offset)
+                    .get(..8)
+                    .unwrap_or_default()
+                    .to_owned(),
+                process(f.pid, f.comm.as_deref()),
+                f.errno.clone().unwrap_or_else(|| "failed".into()),
+                format!("{call} {addr}"),
+                found,
+            ],
+            &FAIL_COLS,
+        )
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(8),
-            Constraint::Length(16),
-            Constraint::Length(13),
-            Constraint::Length(22),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(header(
-        &["TIME", "PROCESS", "ERRNO", "CALL", "HOLDER / POOL"],
-        &[false; 5],
-    ))
-    .block(block(" Recent failures ".to_owned()));
+    let table = table(rows.collect(), &FAIL_COLS, " Recent failures ".to_owned());
     ratatui::widgets::Widget::render(table, area, buf);
 }
 
