@@ -13,6 +13,8 @@ pub mod record;
 #[cfg(target_os = "linux")]
 pub mod reserve;
 #[cfg(target_os = "linux")]
+pub mod serve;
+#[cfg(target_os = "linux")]
 pub mod top;
 pub mod trace;
 #[cfg(target_os = "linux")]
