@@ -141,6 +141,11 @@ pub struct ServeArgs {
     /// Seconds between socket-table censuses (pools, TIME_WAIT exits).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
     pub interval: std::time::Duration,
+
+    /// Only sockets of this network namespace (a container's): its inode,
+    /// a pid in it, or a path such as /run/netns/NAME. Filtered in the kernel.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +177,11 @@ pub struct TopArgs {
     /// Seconds between refreshes (and socket-table censuses).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
     pub interval: std::time::Duration,
+
+    /// Only sockets of this network namespace (a container's): its inode,
+    /// a pid in it, or a path such as /run/netns/NAME. Filtered in the kernel.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -40,11 +40,18 @@ pub struct Live {
 
 impl Live {
     /// Attaches, seeds attribution with what predates the run, and takes
-    /// the first census of every namespace into `view`.
-    pub fn start(refresh: Duration, view: &mut ViewState) -> anyhow::Result<Live> {
+    /// the first census of every namespace (or only `netns`, the one
+    /// watched) into `view`.
+    pub fn start(
+        refresh: Duration,
+        netns_filter: Option<&str>,
+        view: &mut ViewState,
+    ) -> anyhow::Result<Live> {
+        let watched = netns_filter.map(super::trace::resolve_netns).transpose()?;
         let stop = super::Stop::install(None)?;
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let cfg = CollectorConfig {
+            netns: watched,
             lost_poll: Duration::from_millis(250),
             ..CollectorConfig::default()
         };
