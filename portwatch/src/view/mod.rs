@@ -102,7 +102,9 @@ pub struct ViewState {
     now: i128,
     events: u64,
     lost: LostByReason,
-    ids: HashMap<ProcKey, u32>,
+    /// Process ids by pid, then command name: looked up by reference on
+    /// every event, so that no key is built for it.
+    ids: HashMap<Option<u32>, Vec<(Option<String>, u32)>>,
     procs: HashMap<u32, ProcView>,
     next_id: u32,
     dests: HashMap<Dest, DestView>,
@@ -210,11 +212,11 @@ impl ViewState {
     /// The id of `ev`'s process, created (with a rate baseline at the last
     /// tick) on first sight.
     fn proc_id(&mut self, ev: &Event) -> u32 {
-        let key = ProcKey {
-            pid: ev.pid,
-            comm: ev.comm.clone(),
-        };
-        if let Some(id) = self.ids.get(&key) {
+        let known = self
+            .ids
+            .get(&ev.pid)
+            .and_then(|v| v.iter().find(|(c, _)| *c == ev.comm));
+        if let Some((_, id)) = known {
             return *id;
         }
         if self.procs.len() >= MAX_PROCS {
@@ -222,7 +224,14 @@ impl ViewState {
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        self.ids.insert(key.clone(), id);
+        let key = ProcKey {
+            pid: ev.pid,
+            comm: ev.comm.clone(),
+        };
+        self.ids
+            .entry(ev.pid)
+            .or_default()
+            .push((ev.comm.clone(), id));
         let mut samples = VecDeque::new();
         samples.push_back((self.now, 0, 0));
         self.procs.insert(
@@ -250,8 +259,18 @@ impl ViewState {
             .min_by_key(|(_, p)| (p.timewait_now, p.last_active))
             .map(|(id, _)| *id);
         if let Some(id) = victim {
-            if let Some(p) = self.procs.remove(&id) {
-                self.ids.remove(&p.key);
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, id: u32) {
+        let Some(p) = self.procs.remove(&id) else {
+            return;
+        };
+        if let Some(v) = self.ids.get_mut(&p.key.pid) {
+            v.retain(|(_, i)| *i != id);
+            if v.is_empty() {
+                self.ids.remove(&p.key.pid);
             }
         }
     }
@@ -457,9 +476,7 @@ impl ViewState {
             .map(|(id, _)| *id)
             .collect();
         for id in forget {
-            if let Some(p) = self.procs.remove(&id) {
-                self.ids.remove(&p.key);
-            }
+            self.forget(id);
         }
         self.dests.retain(|_, d| d.last_used >= idle);
     }
