@@ -58,9 +58,9 @@ const DEST_COLS: [Column; 7] = [
 ];
 const FAIL_COLS: [Column; 5] = [
     ("TIME", 8, false),
-    ("PROCESS", 16, false),
+    ("PROCESS", 19, false),
     ("ERRNO", 13, false),
-    ("CALL", 22, false),
+    ("CALL", 20, false),
     ("HOLDER / POOL", 0, false),
 ];
 
@@ -291,11 +291,12 @@ fn failures(buf: &mut Buffer, area: Rect, v: &Shown) {
     let rows = v.snap.failures.iter().map(|f: &FailureRow| {
         let (call, addr) = match f.event {
             EventKind::Bind => ("bind", endpoint(f.saddr, f.sport)),
-            _ => ("connect", endpoint(f.daddr, f.dport)),
+            // A connect(), by where it went: "connect" leaves no room.
+            _ => ("to", endpoint(f.daddr, f.dport)),
         };
         let found = match (&f.holder, &f.pool, &f.lookup_error) {
             (Some(h), _, _) => holder(h),
-            (None, Some(p), _) => format!("pool {}/{} in use", p.in_use, p.capacity),
+            (None, Some(p), _) => format!("{}/{} in use", p.in_use, p.capacity),
             (None, None, Some(e)) => visible(e).into_owned(),
             _ => "-".to_owned(),
         };
