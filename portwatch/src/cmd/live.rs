@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::attribution::Attributor;
-use crate::model::Event;
+use crate::model::{Event, EventKind};
 use crate::source::linux::{Batch, CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
 use crate::system::{LiveProcesses, LiveSockets, Netns};
 use crate::timefmt::now_ns;
@@ -36,6 +36,8 @@ pub struct Live {
     refresh: tokio::time::Interval,
     stop: super::Stop,
     described: String,
+    /// The namespace watched (`--netns`), if one is.
+    watched: Option<u64>,
 }
 
 impl Live {
@@ -88,6 +90,7 @@ impl Live {
             refresh: refresh_tick,
             stop,
             described,
+            watched: watched.map(u64::from),
         })
     }
 
@@ -106,7 +109,8 @@ impl Live {
                 None => Step::Stopped,
             },
             _ = self.recheck.tick(), if pending => {
-                Step::Events(self.attributor.poll(now_ns(), false))
+                let events = self.attributor.poll(now_ns(), false);
+                Step::Events(self.watched_only(events))
             }
             _ = self.refresh.tick() => {
                 self.refresh_view(view);
@@ -122,7 +126,17 @@ impl Live {
         for msg in batch {
             self.attributor.process_into(msg, &mut out);
         }
-        out
+        self.watched_only(out)
+    }
+
+    /// With `--netns`, only the watched namespace's events (and losses):
+    /// the kernel filters where it reads a socket's namespace, this
+    /// catches what reaches attribution from elsewhere all the same.
+    fn watched_only(&self, mut events: Vec<Event>) -> Vec<Event> {
+        if let Some(ns) = self.watched {
+            events.retain(|e| e.event == EventKind::Lost || e.netns == Some(ns));
+        }
+        events
     }
 
     /// Ticks `view` to now and counts the tables of the namespaces it shows.
