@@ -269,11 +269,14 @@ fn top_in_tmux_shows_the_churning_process_and_restores_the_terminal() -> Result<
             "top to attach",
         )
     };
-    let drawn = wait_for(
-        "tmux -S \"$D/tmux\" capture-pane -p | grep -q 'Processes by'",
-        100,
-        "the first frame",
-    );
+    let drawn_on = |socket: &str| {
+        wait_for(
+            &format!("tmux -S \"$D/{socket}\" capture-pane -p | grep -q 'Processes by'"),
+            100,
+            "the first frame",
+        )
+    };
+    let (drawn, drawn2) = (drawn_on("tmux"), drawn_on("tmux2"));
     // Each top runs from a script that then records its exit status and
     // the terminal's mode, and waits so that the screen can be read.
     let runner = |n: u32| {
@@ -284,6 +287,8 @@ fn top_in_tmux_shows_the_churning_process_and_restores_the_terminal() -> Result<
     let script = format!(
         r#"
 tm() {{ tmux -S "$D/tmux" "$@"; }}
+# A server of its own for the second run: a killed one may linger a moment.
+tm2() {{ tmux -S "$D/tmux2" "$@"; }}
 for n in 1 2; do sed "s/{{ns}}/$$/" "$D/top$n.sh.in" >"$D/top$n.sh"; done
 tm new-session -d -x 80 -y 24 "bash $D/top1.sh"
 {started1}{drawn}
@@ -296,12 +301,12 @@ tm send-keys q
 {quit}
 tm capture-pane -p >"$D/after.txt"
 tm kill-server
-tm new-session -d -x 80 -y 24 "bash $D/top2.sh"
-{started2}{drawn}
-shell=$(tm list-panes -F '#{{pane_pid}}')
+tm2 new-session -d -x 80 -y 24 "bash $D/top2.sh"
+{started2}{drawn2}
+shell=$(tm2 list-panes -F '#{{pane_pid}}')
 kill -TERM $(cat /proc/$shell/task/$shell/children)
 {term}
-tm kill-server
+tm2 kill-server
 "#,
         started1 = started(1),
         started2 = started(2),
