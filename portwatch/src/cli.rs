@@ -105,6 +105,47 @@ pub enum Command {
     /// folder; for packagers.
     #[command(hide = true)]
     Manpages(ManpagesArgs),
+
+    /// A full-screen live view: per process, the TIME_WAIT sockets it holds
+    /// now, TIME_WAIT entries and connects per second, bind and connect
+    /// failures; per destination, the ephemeral ports in use against its
+    /// namespace's range and the time to exhaustion; recent failures with
+    /// the holder of the port. Keys: q quit, s/d sort, / filter, p pause.
+    /// Needs what `trace` needs.
+    #[cfg(target_os = "linux")]
+    Top(TopArgs),
+
+    /// Serve Prometheus metrics at http://LISTEN/metrics (and /healthz):
+    /// TCP transitions, TIME_WAIT entries, bind and connect failures by
+    /// errno, lost events by reason; TIME_WAIT held now by process and
+    /// destination; each destination's ephemeral pool. Process series are
+    /// labelled by command, unit, container and pod; at most --top-k
+    /// processes and destinations get series of their own, the rest sum
+    /// into one labelled `other`. Needs what `trace` needs.
+    #[cfg(target_os = "linux")]
+    Serve(ServeArgs),
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to serve on. Loopback by default: expose it
+    /// deliberately (0.0.0.0:9464 in a pod that a Service fronts).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+
+    /// Processes and destinations that get series of their own, per metric.
+    #[arg(long, value_name = "K", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub top_k: u64,
+
+    /// Seconds between socket-table censuses (pools, TIME_WAIT exits).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// Only sockets of this network namespace (a container's): its inode,
+    /// a pid in it, or a path such as /run/netns/NAME. Filtered in the kernel.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +160,28 @@ pub struct ManpagesArgs {
     /// Where to write them (created if missing).
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print one snapshot after one refresh and exit (a text screen, or
+    /// JSON with --json), for scripts.
+    #[arg(long)]
+    pub once: bool,
+
+    /// With --once: one JSON object, {"processes", "destinations", "failures", ...}.
+    #[arg(long, requires = "once")]
+    pub json: bool,
+
+    /// Seconds between refreshes (and socket-table censuses).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// Only sockets of this network namespace (a container's): its inode,
+    /// a pid in it, or a path such as /run/netns/NAME. Filtered in the kernel.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Args)]

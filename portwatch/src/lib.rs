@@ -21,9 +21,11 @@ pub mod source;
 pub mod sysctl;
 pub mod term;
 pub mod timefmt;
+pub mod view;
 /// Windows: IP Helper tables, netsh parsing, registry, AutoLogger. Its pure
 /// parts build and are tested everywhere; the system calls only on Windows.
 pub mod windows;
+pub mod workload;
 
 /// Whether an error comes from writing to a closed pipe (`portwatch ... |
 /// head`): the reader stopped reading, which is no failure of portwatch's.

@@ -46,6 +46,10 @@ fn main() -> ExitCode {
             Command::Reserve(args) => done(portwatch::cmd::reserve::run(args)),
             Command::Completions(args) => done(portwatch::cmd::completions::completions(args)),
             Command::Manpages(args) => done(portwatch::cmd::completions::manpages(args)),
+            #[cfg(target_os = "linux")]
+            Command::Top(args) => done(portwatch::cmd::top::run(args).await),
+            #[cfg(target_os = "linux")]
+            Command::Serve(args) => done(portwatch::cmd::serve::run(args).await),
             // 1 when the message was not recognised: scripts can tell.
             Command::Explain(args) => portwatch::cmd::explain::run(args).map(|known| {
                 if known {

@@ -288,6 +288,17 @@ pub struct Event {
     /// after the process has exited.
     #[serde(default)]
     pub cgroup_id: Option<u64>,
+    /// What the cgroup path says the process runs as (see
+    /// [`crate::workload::Workload`]): the systemd unit or container, the
+    /// container runtime and id, the Kubernetes pod uid.
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub container_runtime: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub pod_uid: Option<String>,
     /// For `lost` events: how many events were dropped since the previous one.
     #[serde(default)]
     pub lost: Option<u64>,
@@ -352,6 +363,10 @@ impl Event {
             cmdline: None,
             cgroup: None,
             cgroup_id: None,
+            unit: None,
+            container_runtime: None,
+            container_id: None,
+            pod_uid: None,
             lost: None,
             lost_reason: None,
             sock: None,
@@ -370,6 +385,25 @@ impl Event {
             lost: Some(count),
             lost_reason: Some(reason),
             ..Event::new(time, EventKind::Lost)
+        }
+    }
+
+    /// Sets the workload fields from `cgroup`.
+    pub fn set_workload(&mut self) {
+        let w = crate::workload::Workload::of(self.cgroup.as_deref());
+        self.unit = w.unit;
+        self.container_runtime = w.container_runtime;
+        self.container_id = w.container_id;
+        self.pod_uid = w.pod_uid;
+    }
+
+    /// The workload fields as one value.
+    pub fn workload(&self) -> crate::workload::Workload {
+        crate::workload::Workload {
+            unit: self.unit.clone(),
+            container_runtime: self.container_runtime.clone(),
+            container_id: self.container_id.clone(),
+            pod_uid: self.pod_uid.clone(),
         }
     }
 

@@ -192,12 +192,57 @@ fn who() -> Value {
     serde_json::to_value(&report).expect("json")
 }
 
+/// `top --once --json`: a process with TIME_WAIT and failures, a counted
+/// pool, failures with a holder and a pool.
+fn top_snapshot() -> Value {
+    use portwatch::model::PoolUse;
+    use portwatch::view::{NsTable, ViewState};
+    let mut view = ViewState::new(0);
+    let mut tw = full_event();
+    tw.event = EventKind::Timewait;
+    view.add(&tw);
+    view.add(&full_event());
+    let mut c = full_event();
+    c.event = EventKind::Connect;
+    c.set_ret(-99);
+    c.pool = Some(Box::new(PoolUse {
+        in_use: 1,
+        by_state: [("TIME_WAIT".to_owned(), 1)].into(),
+        capacity: 10,
+        range_low: 40000,
+        range_high: 40009,
+    }));
+    view.add(&c);
+    view.tick(1_000_000_000);
+    view.apply_table(
+        &NsTable {
+            netns: c.netns,
+            low: 40000,
+            high: 60000,
+            reserved: Default::default(),
+            sockets: vec![(
+                TcpState::TimeWait,
+                (ip("0.0.0.0"), 50001, ip("10.0.0.5"), 50000),
+            )],
+        },
+        false,
+    );
+    serde_json::to_value(view.snapshot(&Default::default())).expect("json")
+}
+
 #[test]
 fn every_key_written_is_documented_in_the_readme() {
     let mut all = BTreeSet::new();
     keys(&serde_json::to_value(full_event()).expect("json"), &mut all);
     keys(&summary(), &mut all);
     keys(&who(), &mut all);
+    let top = top_snapshot();
+    assert!(
+        top["destinations"][0]["in_use"] == 1
+            && top["failures"].as_array().is_some_and(|f| f.len() == 2),
+        "{top}"
+    );
+    keys(&top, &mut all);
     // history --json: the event's keys and these.
     all.extend(["boot_id", "mono_ns", "how"].map(str::to_owned));
     let missing: Vec<&String> = all

@@ -330,3 +330,48 @@ pub fn in_netns_with(script: &str, files: &[(&str, &str)]) -> Result<NetnsRun> {
 pub fn netns_script(script: &str, files: &[(&str, &str)]) -> Result<String> {
     in_netns_with(script, files).map(|r| r.stdout)
 }
+
+/// Makes sure `tool` is on PATH, installing Debian's `package` with
+/// apt-get when it is not (nothing happens when it is there, as in CI,
+/// whose `.ci/run` installs it first). Says why when it cannot: a test
+/// then skips, or fails where it must run.
+pub fn ensure_tool(tool: &str, package: &str) -> std::result::Result<(), String> {
+    let found = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found() {
+        return Ok(());
+    }
+    let install = |update: bool| {
+        if update {
+            let _ = Command::new("apt-get").arg("update").output();
+        }
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    for update in [false, true] {
+        if install(update).is_ok_and(|o| o.status.success()) && found() {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{tool} is missing and `apt-get install {package}` did not provide it"
+    ))
+}
+
+/// [`ensure_tool`] for a kernel test: returns the skip (or the failure,
+/// where no skip is allowed) when the tool cannot be had.
+#[macro_export]
+macro_rules! need_tool {
+    ($tool:expr, $package:expr) => {
+        if let Err(why) = $crate::ensure_tool($tool, $package) {
+            return $crate::skipped(&why);
+        }
+    };
+}

@@ -475,6 +475,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                 ev.cgroup = self.processes.cgroup_path(id);
             }
         }
+        ev.set_workload();
     }
 
     /// Gives `ev` the owner `k` remembered, or none at all.

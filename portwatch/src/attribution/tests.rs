@@ -484,7 +484,11 @@ fn a_child_reusing_a_socket_whose_close_went_missing_takes_its_listener() {
     listen.daddr = Some(ip("0.0.0.0"));
     listen.saddr = Some(ip("0.0.0.0"));
     let out = a.process(msg(listen));
-    assert_eq!(out[0].side, Some(crate::model::Side::Server), "a listener serves");
+    assert_eq!(
+        out[0].side,
+        Some(crate::model::Side::Server),
+        "a listener serves"
+    );
     let client = [
         (Current, Close, SynSent, (0, 8080)),
         (Remembered, SynSent, Established, (40001, 8080)),

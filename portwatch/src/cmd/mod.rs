@@ -7,9 +7,15 @@ pub mod history;
 #[cfg(target_os = "linux")]
 pub mod install_service;
 #[cfg(target_os = "linux")]
+pub mod live;
+#[cfg(target_os = "linux")]
 pub mod record;
 #[cfg(target_os = "linux")]
 pub mod reserve;
+#[cfg(target_os = "linux")]
+pub mod serve;
+#[cfg(target_os = "linux")]
+pub mod top;
 pub mod trace;
 #[cfg(target_os = "linux")]
 pub mod who;

@@ -79,32 +79,9 @@ pub fn cgroup_path(groups: &ProcessCGroups) -> Option<String> {
     fallback
 }
 
-/// The systemd unit or container a cgroup path belongs to: the innermost
-/// `*.service`/`*.scope` component, or a container id under docker, podman
-/// (libpod) or kubepods.
-pub fn unit_from_cgroup(path: &str) -> Option<String> {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    for (i, p) in parts.iter().enumerate().rev() {
-        for prefix in ["docker-", "libpod-", "cri-containerd-", "crio-"] {
-            if let Some(id) = p
-                .strip_prefix(prefix)
-                .and_then(|r| r.strip_suffix(".scope"))
-            {
-                let short: String = id.chars().take(12).collect();
-                return Some(format!("container {short}"));
-            }
-        }
-        if i > 0 && parts[i - 1] == "docker" && p.chars().count() >= 12 {
-            // By characters: a cgroup name is anyone's to choose, multi-byte ones included.
-            let short: String = p.chars().take(12).collect();
-            return Some(format!("container {short}"));
-        }
-        if p.ends_with(".service") || p.ends_with(".scope") {
-            return Some((*p).to_owned());
-        }
-    }
-    None
-}
+/// The systemd unit or container a cgroup path belongs to (platform-free,
+/// in [`crate::workload`], so that trace and its replays name it too).
+pub use crate::workload::unit_from_cgroup;
 
 #[cfg(test)]
 mod tests {

@@ -53,7 +53,7 @@ pub struct StartSnapshot {
 }
 
 /// Every network namespace a process is in right now, with a pid in it.
-fn namespaces() -> HashMap<u64, u32> {
+pub fn namespaces() -> HashMap<u64, u32> {
     let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;

@@ -12,7 +12,7 @@ use super::netns::{run_in, Netns};
 use super::owners_of;
 use crate::attribution::{PortSocket, SocketProbe, Tuple};
 use crate::model::{PoolUse, Protocol, TcpState};
-use crate::sockdiag::{Proto, SockDiag, TCP_ALL_STATES};
+use crate::sockdiag::{Proto, SockDiag, SocketEntry, TCP_ALL_STATES};
 use crate::sysctl::{parse_port_range, PortSet};
 
 /// How long a pool figure is reused: an exhaustion storm fails thousands
@@ -78,12 +78,8 @@ impl LiveSockets {
         }
     }
 
-    fn pool_now(
-        &mut self,
-        netns: Option<u64>,
-        daddr: IpAddr,
-        dport: u16,
-    ) -> Result<PoolUse, String> {
+    /// Namespace `netns`'s port configuration and every TCP socket in it.
+    fn dump(&mut self, netns: Option<u64>) -> Result<(PortConfig, Vec<SocketEntry>), String> {
         let ns = match netns {
             Some(ino) if Some(ino) != self.netns.own() => Some(
                 self.netns
@@ -97,6 +93,35 @@ impl LiveSockets {
             .diag(netns)?
             .tcp_sockets(TCP_ALL_STATES)
             .map_err(|e| format!("sock_diag dump failed: {e}"))?;
+        Ok((cfg, sockets))
+    }
+
+    /// Namespace `netns`'s whole TCP table with its range and reserved
+    /// ports: one dump serves every destination a live view counts.
+    pub fn table(&mut self, netns: Option<u64>) -> Result<crate::view::NsTable, String> {
+        let (cfg, sockets) = self.dump(netns)?;
+        Ok(crate::view::NsTable {
+            netns,
+            low: cfg.low,
+            high: cfg.high,
+            reserved: cfg.reserved,
+            sockets: sockets
+                .into_iter()
+                .filter_map(|e| {
+                    let state = TcpState::from_kernel(e.state)?;
+                    Some((state, (e.saddr, e.sport, e.daddr, e.dport)))
+                })
+                .collect(),
+        })
+    }
+
+    fn pool_now(
+        &mut self,
+        netns: Option<u64>,
+        daddr: IpAddr,
+        dport: u16,
+    ) -> Result<PoolUse, String> {
+        let (cfg, sockets) = self.dump(netns)?;
         let same = |a: IpAddr| crate::attribution::overlaps(a, daddr, false) && !a.is_unspecified();
         let mut pool = PoolUse {
             in_use: 0,

@@ -2,8 +2,11 @@
 //! eBPF programs runs in its own network namespace; run them one at a time
 //! (`cargo xtask test` passes --test-threads=1).
 
+mod containers;
 mod doctor;
+mod fleet;
 mod history;
+mod live;
 mod netns;
 mod pools;
 mod trace;

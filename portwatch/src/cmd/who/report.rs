@@ -62,6 +62,11 @@ pub struct SocketView {
     pub cgroup: Option<String>,
     /// systemd unit or container the owner runs in.
     pub unit: Option<String>,
+    /// The container runtime and id and the Kubernetes pod uid, from the
+    /// cgroup path (see [`crate::workload::Workload`]).
+    pub container_runtime: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
     /// Other processes sharing the socket (after fork or fd passing).
     pub also: Vec<Sharer>,
     /// Why there is no owner, when there is none.
@@ -223,6 +228,7 @@ pub fn report(
             // A TIME_WAIT socket keeps no owner: the kernel reports uid 0.
             let uid = (state != "TIME_WAIT").then_some(e.uid);
             let cgroup = info.as_ref().and_then(|i| i.cgroup.clone());
+            let workload = crate::workload::Workload::of(cgroup.as_deref());
             let also = found
                 .iter()
                 .skip(1)
@@ -259,7 +265,10 @@ pub fn report(
                 pid: first.map(|o| o.pid),
                 comm: first.map(|o| o.comm.clone()),
                 cmdline: info.as_ref().and_then(|i| i.cmdline.clone()),
-                unit: cgroup.as_deref().and_then(unit_from_cgroup),
+                unit: workload.unit,
+                container_runtime: workload.container_runtime,
+                container_id: workload.container_id,
+                pod_uid: workload.pod_uid,
                 cgroup,
                 also,
                 no_owner,

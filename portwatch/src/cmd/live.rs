@@ -1,0 +1,167 @@
+//! The live loop `top` and `serve` share: the collector, attribution, and
+//! a refresh tick at which each namespace's socket table is counted into
+//! the [`ViewState`]. Every event crosses the ring (not the kernel's
+//! aggregate mode): connects per process and transitions by state are
+//! counted from the events themselves.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::attribution::Attributor;
+use crate::model::{Event, EventKind};
+use crate::source::linux::{Batch, CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
+use crate::system::{LiveProcesses, LiveSockets, Netns};
+use crate::timefmt::now_ns;
+use crate::view::ViewState;
+
+/// What the loop has for its caller.
+pub enum Step {
+    /// Attributed events, in arrival order.
+    Events(Vec<Event>),
+    /// A refresh is due: the view has been ticked and censused as of now.
+    Refreshed,
+    /// SIGINT, SIGTERM or the end of the collector.
+    Stopped,
+}
+
+pub struct Live {
+    collector: Option<LinuxCollector>,
+    rx: mpsc::Receiver<Batch>,
+    attributor: Attributor<LiveSockets, LiveProcesses>,
+    /// Its own sock_diag sockets, for the censuses.
+    census: LiveSockets,
+    recheck: tokio::time::Interval,
+    refresh: tokio::time::Interval,
+    stop: super::Stop,
+    described: String,
+    /// The namespace watched (`--netns`), if one is.
+    watched: Option<u64>,
+}
+
+impl Live {
+    /// Attaches, seeds attribution with what predates the run, and takes
+    /// the first census of every namespace (or only `netns`, the one
+    /// watched) into `view`.
+    pub fn start(
+        refresh: Duration,
+        netns_filter: Option<&str>,
+        view: &mut ViewState,
+    ) -> anyhow::Result<Live> {
+        let watched = netns_filter.map(super::trace::resolve_netns).transpose()?;
+        let stop = super::Stop::install(None)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let cfg = CollectorConfig {
+            netns: watched,
+            lost_poll: Duration::from_millis(250),
+            ..CollectorConfig::default()
+        };
+        let mut collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
+        let netns = Netns::new();
+        let mut attributor = Attributor::new(
+            LiveSockets::new(netns.clone()),
+            LiveProcesses::new(netns.clone()),
+        )
+        .infer_connects(crate::source::connects_inferred(collector.mechanisms()));
+        super::seed(&mut collector, &mut attributor, &netns);
+        let mut census = LiveSockets::new(netns.clone());
+        let mut namespaces: Vec<u64> = crate::system::snapshot::namespaces().into_keys().collect();
+        namespaces.sort_unstable();
+        for ns in namespaces {
+            // A namespace whose processes exited meanwhile has nothing to count.
+            if let Ok(table) = census.table(Some(ns)) {
+                view.apply_table(&table, true);
+            }
+        }
+        let mut recheck = tokio::time::interval(Duration::from_millis(100));
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh_tick = tokio::time::interval(refresh);
+        refresh_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the first refresh is one period in.
+        refresh_tick.reset();
+        let described = crate::source::describe(collector.mechanisms());
+        Ok(Live {
+            collector: Some(collector),
+            rx,
+            attributor,
+            census,
+            recheck,
+            refresh: refresh_tick,
+            stop,
+            described,
+            watched: watched.map(u64::from),
+        })
+    }
+
+    /// The hooks serving each kind of event, for `portwatch: attached`.
+    pub fn describe(&self) -> &str {
+        &self.described
+    }
+
+    /// The next thing to do. Cancel-safe: it awaits only the channel, the
+    /// intervals and the signals, so a caller may select on it.
+    pub async fn next(&mut self, view: &mut ViewState) -> Step {
+        let pending = self.attributor.has_pending();
+        tokio::select! {
+            batch = self.rx.recv() => match batch {
+                Some(batch) => Step::Events(self.attribute(batch)),
+                None => Step::Stopped,
+            },
+            _ = self.recheck.tick(), if pending => {
+                let events = self.attributor.poll(now_ns(), false);
+                Step::Events(self.watched_only(events))
+            }
+            _ = self.refresh.tick() => {
+                self.refresh_view(view);
+                Step::Refreshed
+            }
+            _ = self.stop.wait() => Step::Stopped,
+        }
+    }
+
+    fn attribute(&mut self, batch: Batch) -> Vec<Event> {
+        self.attributor.prefetch(&batch);
+        let mut out = Vec::with_capacity(batch.len());
+        for msg in batch {
+            self.attributor.process_into(msg, &mut out);
+        }
+        self.watched_only(out)
+    }
+
+    /// With `--netns`, only the watched namespace's events (and losses):
+    /// the kernel filters where it reads a socket's namespace, this
+    /// catches what reaches attribution from elsewhere all the same.
+    fn watched_only(&self, mut events: Vec<Event>) -> Vec<Event> {
+        if let Some(ns) = self.watched {
+            events.retain(|e| e.event == EventKind::Lost || e.netns == Some(ns));
+        }
+        events
+    }
+
+    /// Ticks `view` to now and counts the tables of the namespaces it shows.
+    pub fn refresh_view(&mut self, view: &mut ViewState) {
+        view.tick(now_ns());
+        for ns in view.namespaces() {
+            match self.census.table(ns) {
+                Ok(table) => view.apply_table(&table, false),
+                Err(why) => view.table_failed(ns, &why),
+            }
+        }
+    }
+
+    /// Detaches, and hands over what the ring still held.
+    pub async fn finish(mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        if let Some(collector) = self.collector.take() {
+            let stopper = tokio::spawn(collector.stop());
+            while let Some(batch) = self.rx.recv().await {
+                out.extend(self.attribute(batch));
+            }
+            if let Ok(Err(e)) = stopper.await {
+                log::warn!("reading the ring buffer: {e}");
+            }
+        }
+        out
+    }
+}

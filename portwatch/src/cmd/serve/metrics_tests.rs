@@ -1,0 +1,208 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::*;
+use crate::model::Side;
+use crate::sysctl::PortSet;
+use crate::view::NsTable;
+
+const S: i128 = 1_000_000_000;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+fn tw(time: i128, pid: u32, comm: &str, sport: u16) -> Event {
+    let mut ev = Event::new(time, EventKind::Timewait);
+    ev.pid = Some(pid);
+    ev.comm = Some(comm.into());
+    ev.side = Some(Side::Client);
+    ev.saddr = Some(ip("127.0.0.1"));
+    ev.sport = Some(sport);
+    ev.daddr = Some(ip("127.0.0.1"));
+    ev.dport = Some(8080);
+    ev.old_state = Some(TcpState::FinWait2);
+    ev.new_state = Some(TcpState::TimeWait);
+    ev
+}
+
+/// (metric name, labels) -> value, from the exposition.
+fn samples(text: &str) -> BTreeMap<(String, String), f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("sample");
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let v: f64 = value.parse().expect("value");
+            (
+                (name.to_owned(), labels.trim_end_matches('}').to_owned()),
+                v,
+            )
+        })
+        .collect()
+}
+
+fn sum(s: &BTreeMap<(String, String), f64>, name: &str) -> (f64, usize) {
+    let v: Vec<f64> = s
+        .iter()
+        .filter(|((n, _), _)| n == name)
+        .map(|(_, v)| *v)
+        .collect();
+    (v.iter().sum(), v.len())
+}
+
+fn encode(m: &Metrics, v: &ViewState) -> BTreeMap<(String, String), f64> {
+    samples(&m.encode(v).expect("encode"))
+}
+
+#[test]
+fn counters_count_what_happened_by_process_and_errno() {
+    let mut m = Metrics::new(20);
+    let v = ViewState::new(0);
+    for i in 0..3 {
+        m.add(&tw(i, 7, "client", 40000 + i as u16));
+    }
+    let mut c = Event::new(5, EventKind::Connect);
+    c.comm = Some("client".into());
+    c.set_ret(-99);
+    m.add(&c);
+    let mut b = Event::new(6, EventKind::Bind);
+    b.comm = Some("server".into());
+    b.set_ret(-98);
+    m.add(&b);
+    b.set_ret(0);
+    m.add(&b);
+    let mut st = Event::new(7, EventKind::State);
+    st.old_state = Some(TcpState::SynSent);
+    st.new_state = Some(TcpState::Established);
+    m.add(&st);
+    let s = encode(&m, &v);
+    let client = r#"comm="client",unit="",container_runtime="",container_id="",pod_uid="""#;
+    let key = |n: &str, l: &str| (n.to_owned(), l.to_owned());
+    assert_eq!(
+        s.get(&key("portwatch_tcp_timewait_entries_total", client)),
+        Some(&3.0)
+    );
+    assert_eq!(
+        s.get(&key(
+            "portwatch_connect_failures_total",
+            &format!(r#"errno="EADDRNOTAVAIL",{client}"#)
+        )),
+        Some(&1.0)
+    );
+    assert_eq!(sum(&s, "portwatch_bind_failures_total"), (1.0, 1));
+    assert_eq!(
+        s.get(&key(
+            "portwatch_tcp_transitions_total",
+            r#"old_state="SYN_SENT",new_state="ESTABLISHED""#
+        )),
+        Some(&1.0)
+    );
+    assert_eq!(sum(&s, "portwatch_events_total").0, 7.0);
+    assert_eq!(sum(&s, "portwatch_lost_events_total"), (0.0, 3));
+}
+
+#[test]
+fn many_short_lived_processes_stay_within_k_series_and_sum_exactly() {
+    let mut m = Metrics::new(5);
+    for i in 0..30u32 {
+        for j in 0..=i % 3 {
+            m.add(&tw(S, 1000 + i, &format!("job{i}"), 40000 + j as u16));
+        }
+    }
+    let s = encode(&m, &ViewState::new(0));
+    let want: f64 = (0..30).map(|i| f64::from(i % 3 + 1)).sum();
+    let (total, series) = sum(&s, "portwatch_tcp_timewait_entries_total");
+    assert_eq!(total, want);
+    assert_eq!(series, 6, "five named and other");
+    let other = r#"comm="other",unit="",container_runtime="",container_id="",pod_uid="""#;
+    assert!(s.contains_key(&("portwatch_tcp_timewait_entries_total".into(), other.into())));
+
+    // Idle series are folded into other: the sum stays, the place frees.
+    let before = sum(
+        &encode(&m, &ViewState::new(0)),
+        "portwatch_tcp_timewait_entries_total",
+    )
+    .0;
+    m.retire(S + RETIRE_NS + 1);
+    m.add(&tw(S + RETIRE_NS + 2, 5000, "late", 40001));
+    let s = encode(&m, &ViewState::new(0));
+    let (total, series) = sum(&s, "portwatch_tcp_timewait_entries_total");
+    assert_eq!((total, series), (before + 1.0, 2));
+    assert!(s
+        .keys()
+        .any(|(n, l)| n == "portwatch_tcp_timewait_entries_total" && l.contains("late")));
+}
+
+#[test]
+fn a_process_named_other_is_the_aggregate_and_labels_are_escaped() {
+    let mut m = Metrics::new(5);
+    m.add(&tw(0, 1, "other", 40000));
+    m.add(&tw(0, 2, "a\"b\\c\nd", 40001));
+    let text = m.encode(&ViewState::new(0)).expect("encode");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("portwatch_tcp_timewait_entries_total"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(text.contains(r#"comm="a\"b\\c\nd""#), "{text}");
+}
+
+#[test]
+fn gauges_name_the_largest_and_sum_the_rest() {
+    let mut v = ViewState::new(0);
+    let mut sockets = Vec::new();
+    let mut n = 0u16;
+    for pid in 0..6u32 {
+        for _ in 0..=pid {
+            let ev = tw(0, pid, &format!("p{pid}"), 40000 + n);
+            v.add(&ev);
+            sockets.push((
+                TcpState::TimeWait,
+                (ip("127.0.0.1"), 40000 + n, ip("127.0.0.1"), 8080),
+            ));
+            n += 1;
+        }
+    }
+    // A second destination, with one port in use.
+    sockets.push((
+        TcpState::Established,
+        (ip("127.0.0.1"), 40900, ip("127.0.0.2"), 5432),
+    ));
+    v.tick(S);
+    v.apply_table(
+        &NsTable {
+            netns: None,
+            low: 40000,
+            high: 40999,
+            reserved: PortSet::default(),
+            sockets,
+        },
+        true,
+    );
+    let s = encode(&Metrics::new(2), &v);
+    let (total, series) = sum(&s, "portwatch_tcp_timewait_sockets");
+    assert_eq!((total, series), (21.0, 3));
+    let top = s
+        .iter()
+        .filter(|((name, _), _)| name == "portwatch_tcp_timewait_sockets")
+        .map(|((_, l), v)| (l.split(',').next().unwrap_or_default().to_owned(), *v))
+        .collect::<BTreeMap<_, _>>();
+    assert_eq!(top.get(r#"comm="p5""#), Some(&6.0));
+    assert_eq!(top.get(r#"comm="p4""#), Some(&5.0));
+    assert_eq!(top.get(r#"comm="other""#), Some(&10.0));
+    assert_eq!(sum(&s, "portwatch_ephemeral_ports_in_use"), (22.0, 2));
+    assert_eq!(sum(&s, "portwatch_destination_timewait_sockets"), (21.0, 2));
+    let d8080 = r#"netns="",daddr="127.0.0.1",dport="8080""#;
+    assert_eq!(
+        s.get(&("portwatch_ephemeral_ports_capacity".into(), d8080.into())),
+        Some(&1000.0)
+    );
+    // Only one destination fits in k=1: the rest become other.
+    let s = encode(&Metrics::new(1), &v);
+    assert_eq!(sum(&s, "portwatch_ephemeral_ports_in_use"), (22.0, 2));
+    assert!(s.contains_key(&(
+        "portwatch_ephemeral_ports_in_use".into(),
+        r#"netns="",daddr="other",dport="""#.into()
+    )));
+}
