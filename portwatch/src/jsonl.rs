@@ -126,6 +126,14 @@ pub fn event(out: &mut Vec<u8>, ev: &Event, time: &mut TimeCache) {
     string(out, ev.cgroup.as_deref());
     out.extend_from_slice(b",\"cgroup_id\":");
     num(out, ev.cgroup_id);
+    out.extend_from_slice(b",\"unit\":");
+    string(out, ev.unit.as_deref());
+    out.extend_from_slice(b",\"container_runtime\":");
+    string(out, ev.container_runtime.as_deref());
+    out.extend_from_slice(b",\"container_id\":");
+    string(out, ev.container_id.as_deref());
+    out.extend_from_slice(b",\"pod_uid\":");
+    string(out, ev.pod_uid.as_deref());
     out.extend_from_slice(b",\"lost\":");
     num(out, ev.lost);
     out.extend_from_slice(b",\"lost_reason\":");

@@ -292,13 +292,13 @@ pub struct Event {
     /// [`crate::workload::Workload`]): the systemd unit or container, the
     /// container runtime and id, the Kubernetes pod uid.
     #[serde(default)]
-    pub unit: Option<String>,
+    pub unit: Option<SmolStr>,
     #[serde(default)]
-    pub container_runtime: Option<String>,
+    pub container_runtime: Option<SmolStr>,
     #[serde(default)]
-    pub container_id: Option<String>,
+    pub container_id: Option<SmolStr>,
     #[serde(default)]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<SmolStr>,
     /// For `lost` events: how many events were dropped since the previous one.
     #[serde(default)]
     pub lost: Option<u64>,

@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 /// Where a process runs. Every field is always written, null when the
 /// cgroup path does not tell it.
@@ -26,18 +27,18 @@ pub struct Workload {
     /// The systemd unit or container, as `who` names it
     /// (`nginx.service`, `container 0123456789ab`).
     #[serde(default)]
-    pub unit: Option<String>,
+    pub unit: Option<SmolStr>,
     /// `docker`, `containerd`, `cri-o` or `podman`; null where the path
     /// holds a container id but not whose (a cgroupfs kubelet's).
     #[serde(default)]
-    pub container_runtime: Option<String>,
+    pub container_runtime: Option<SmolStr>,
     /// The full container id (64 hex digits, as `docker ps --no-trunc` and
     /// `crictl ps` show it).
     #[serde(default)]
-    pub container_id: Option<String>,
+    pub container_id: Option<SmolStr>,
     /// The Kubernetes pod's uid (`kubectl get pod -o jsonpath={.metadata.uid}`).
     #[serde(default)]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<SmolStr>,
 }
 
 /// Scope name prefixes and their runtime, monitor (conmon) scopes first.
@@ -101,16 +102,16 @@ impl Workload {
         for i in (0..parts.len()).rev() {
             if w.container_id.is_none() && w.pod_uid.is_none() {
                 if let Some((runtime, id)) = container(&parts, i) {
-                    w.container_runtime = runtime.map(str::to_owned);
-                    w.container_id = Some(id);
+                    w.container_runtime = runtime.map(SmolStr::new_static);
+                    w.container_id = Some(id.into());
                     continue;
                 }
             }
             if w.pod_uid.is_none() {
-                w.pod_uid = pod_uid(parts[i]);
+                w.pod_uid = pod_uid(parts[i]).map(Into::into);
             }
         }
-        w.unit = unit_from_cgroup(path);
+        w.unit = unit_from_cgroup(path).map(Into::into);
         w
     }
 
@@ -148,7 +149,7 @@ impl Workload {
                     None => format!("container:{short}"),
                 })
             }
-            (None, Some(unit)) => Some(unit.clone()),
+            (None, Some(unit)) => Some(unit.to_string()),
             _ => None,
         }
     }
@@ -208,13 +209,13 @@ mod tests {
     }
 
     /// (runtime, id, pod uid) of a path.
-    fn container_of(path: &str) -> (Option<String>, Option<String>, Option<String>) {
+    fn container_of(path: &str) -> (Option<SmolStr>, Option<SmolStr>, Option<SmolStr>) {
         let w = Workload::from_cgroup(path);
         (w.container_runtime, w.container_id, w.pod_uid)
     }
 
-    fn some(s: &str) -> Option<String> {
-        Some(s.to_owned())
+    fn some(s: &str) -> Option<SmolStr> {
+        Some(s.into())
     }
 
     #[test]
@@ -236,7 +237,10 @@ mod tests {
         }
         // The unit as `who` names it.
         let docker = Workload::from_cgroup(&format!("/system.slice/docker-{ID}.scope"));
-        assert_eq!(docker.unit, Some(format!("container {}", &ID[..12])));
+        assert_eq!(
+            docker.unit.as_deref(),
+            Some(format!("container {}", &ID[..12]).as_str())
+        );
     }
 
     #[test]

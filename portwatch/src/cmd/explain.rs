@@ -71,7 +71,7 @@ fn holders_of(r: crate::cmd::who::WhoReport) -> (Vec<Holder>, Option<String>) {
             state: s.state,
             pid: s.pid,
             comm: s.comm,
-            unit: s.unit,
+            unit: s.unit.map(Into::into),
             note: match s.created_by {
                 Some(c) => Some(format!(
                     "created by {}[{}] (journal)",

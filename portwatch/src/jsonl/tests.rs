@@ -138,6 +138,10 @@ fn random_event(r: &mut Rng) -> Event {
     ev.cmdline = text(r);
     ev.cgroup = text(r);
     ev.cgroup_id = r.some().then(|| r.next());
+    ev.unit = text(r);
+    ev.container_runtime = text(r);
+    ev.container_id = text(r);
+    ev.pod_uid = text(r);
     ev.lost = r.some().then(|| r.pick(&[0, 1, u64::MAX]));
     ev.lost_reason = r.some().then(|| {
         r.pick(&[

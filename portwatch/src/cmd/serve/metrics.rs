@@ -11,6 +11,7 @@
 //! exact total. Gauges have no such constraint: each scrape names the
 //! `top_k` largest and sums the rest into `other`.
 
+use smol_str::SmolStr;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 
@@ -57,7 +58,7 @@ impl Identity {
 
     fn labels(&self) -> Labels {
         let w = &self.workload;
-        let s = |v: &Option<String>| v.clone().unwrap_or_default();
+        let s = |v: &Option<SmolStr>| v.as_deref().unwrap_or_default().to_owned();
         vec![
             ("comm", self.comm.clone()),
             ("unit", s(&w.unit)),

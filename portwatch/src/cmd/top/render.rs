@@ -217,7 +217,7 @@ fn processes(buf: &mut Buffer, area: Rect, v: &Shown) {
                     p.container_runtime.as_deref().unwrap_or("ctr")
                 )
             })
-            .or_else(|| p.unit.clone())
+            .or_else(|| p.unit.as_deref().map(str::to_owned))
             .unwrap_or_default();
         row(
             vec![

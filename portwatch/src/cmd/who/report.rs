@@ -61,12 +61,12 @@ pub struct SocketView {
     pub cmdline: Option<String>,
     pub cgroup: Option<String>,
     /// systemd unit or container the owner runs in.
-    pub unit: Option<String>,
+    pub unit: Option<smol_str::SmolStr>,
     /// The container runtime and id and the Kubernetes pod uid, from the
     /// cgroup path (see [`crate::workload::Workload`]).
-    pub container_runtime: Option<String>,
-    pub container_id: Option<String>,
-    pub pod_uid: Option<String>,
+    pub container_runtime: Option<smol_str::SmolStr>,
+    pub container_id: Option<smol_str::SmolStr>,
+    pub pod_uid: Option<smol_str::SmolStr>,
     /// Other processes sharing the socket (after fork or fd passing).
     pub also: Vec<Sharer>,
     /// Why there is no owner, when there is none.
