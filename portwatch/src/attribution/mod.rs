@@ -234,8 +234,12 @@ pub struct Attributor<S, P> {
     /// Who made each connection, for the sockets that outlive their owner:
     /// TIME_WAIT and orphans have no process the kernel knows.
     origins: ByTuple<Known>,
-    /// Socket states fetched ahead for the batch being processed.
-    prefetched: ByTuple<Option<TcpState>>,
+    /// Socket states fetched ahead for the batch being processed; an answer
+    /// is taken (set to `None`) rather than removed: removing would leave
+    /// the map empty, and `clear` skips an empty map, so its tombstones
+    /// would pile up until a batch made it grow at a time that depends on
+    /// the hash seed.
+    prefetched: ByTuple<Option<Option<TcpState>>>,
     /// Buffers [`Attributor::prefetch`] reuses batch after batch.
     prefetch_scratch: (Vec<NsTuple>, Vec<Tuple>, Vec<Option<TcpState>>),
     /// Closes that left a timewait socket in its FIN_WAIT2 sub-state (an
@@ -358,8 +362,12 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             tuples.extend(group.iter().map(|(_, t)| *t));
             states.clear();
             self.sockets.tcp_states(netns, &tuples, &mut states);
-            self.prefetched
-                .extend(group.iter().map(|&k| NsKey(k)).zip(states.iter().copied()));
+            self.prefetched.extend(
+                group
+                    .iter()
+                    .map(|&k| NsKey(k))
+                    .zip(states.iter().map(|&s| Some(s))),
+            );
         }
         self.prefetch_scratch = (keys, tuples, states);
     }
@@ -729,7 +737,11 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         let Some(t) = tuple(ev) else {
             return Closed::Gone;
         };
-        let state = match self.prefetched.remove(&NsKey::new(ev.netns, t)) {
+        let prefetched = self
+            .prefetched
+            .get_mut(&NsKey::new(ev.netns, t))
+            .and_then(Option::take);
+        let state = match prefetched {
             Some(state) => state,
             None => self.sockets.tcp_state(ev.netns, t.0, t.1, t.2, t.3),
         };
