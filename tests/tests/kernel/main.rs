@@ -6,5 +6,6 @@ mod doctor;
 mod history;
 mod netns;
 mod pools;
+mod privilege;
 mod trace;
 mod who;
