@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod explain;
+pub mod first;
 pub mod history;
 #[cfg(target_os = "linux")]
 pub mod install_service;
