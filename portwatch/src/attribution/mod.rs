@@ -95,6 +95,13 @@ pub struct ProcessInfo {
 
 pub trait ProcessLookup {
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo>;
+    /// When the process holding `pid` now started (CLOCK_BOOTTIME ns, to
+    /// the kernel's clock tick; None when it cannot tell), so that an
+    /// identity is never given to an event of an earlier process that had
+    /// the same pid.
+    fn start_ns(&mut self, _pid: u32) -> Option<u64> {
+        None
+    }
     /// The path of a cgroup v2 id, for processes that are gone by the time
     /// their event is read.
     fn cgroup_path(&mut self, _id: u64) -> Option<String> {
@@ -212,10 +219,22 @@ const MAX_PREEXISTING: usize = 65536;
 /// A 4-tuple in a network namespace.
 type NsTuple = (Option<u64>, Tuple);
 
+/// What /proc said about the process holding a pid, and how long it is
+/// known to have held it: keyed by pid plus start time, so pid reuse cannot
+/// hand one process's identity to another.
+struct CachedProc {
+    comm: Option<String>,
+    /// When it started; None where the lookup cannot tell.
+    start_ns: Option<u64>,
+    /// CLOCK_BOOTTIME until which the pid was seen to be this process.
+    confirmed_ns: u64,
+    info: Option<ProcessInfo>,
+}
+
 pub struct Attributor<S, P> {
     sockets: S,
     processes: P,
-    proc_cache: HashMap<u32, (Option<String>, Option<ProcessInfo>)>,
+    proc_cache: HashMap<u32, CachedProc>,
     /// Listening sockets seen during the trace.
     listeners: Listeners,
     /// Each socket's last state and owner.
@@ -425,23 +444,57 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     }
 
     /// What /proc says about the event's process, read once per process.
+    /// An event the kernel stamped (`boot_ns`) gets an identity only from a
+    /// process that started no later than the event, and while the pid is
+    /// still known to be that process.
     fn info(&mut self, ev: &Event) -> Option<&ProcessInfo> {
         let pid = ev.pid?;
-        // A pid can be reused: the cached entry is valid only for the same comm.
+        let at = ev.boot_ns;
         let fresh = match self.proc_cache.get(&pid) {
-            Some((comm, _)) => comm != &ev.comm,
-            None => true,
+            Some(c) if c.comm == ev.comm => match c.start_ns {
+                // Nothing to compare with: the command name must do.
+                _ if at == 0 => false,
+                None => false,
+                // Started after the event: its pid belonged to another
+                // process then, which is gone.
+                Some(start) if start > at => return None,
+                Some(_) if at <= c.confirmed_ns => false,
+                Some(start) => {
+                    // Still the same process? Then it held the pid at `at`.
+                    if self.processes.start_ns(pid) == Some(start) {
+                        if let Some(c) = self.proc_cache.get_mut(&pid) {
+                            c.confirmed_ns = crate::journal::mono_ns();
+                        }
+                        false
+                    } else {
+                        true
+                    }
+                }
+            },
+            _ => true,
         };
         if fresh {
             if self.proc_cache.len() >= MAX_PROCS {
                 self.proc_cache.clear();
             }
+            // The start time on both sides of the reads: a process that
+            // exited (and whose pid was reused) meanwhile is not mixed in.
+            let before = self.processes.start_ns(pid);
             let info = self.processes.lookup(pid);
-            self.proc_cache.insert(pid, (ev.comm.clone(), info));
+            let start_ns = self.processes.start_ns(pid);
+            let cached = CachedProc {
+                comm: ev.comm.clone(),
+                start_ns,
+                confirmed_ns: crate::journal::mono_ns(),
+                info: info.filter(|_| before == start_ns),
+            };
+            self.proc_cache.insert(pid, cached);
         }
-        self.proc_cache
-            .get(&pid)
-            .and_then(|(_, info)| info.as_ref())
+        let c = self.proc_cache.get(&pid)?;
+        if at != 0 && c.start_ns.is_some_and(|start| start > at) {
+            return None;
+        }
+        c.info.as_ref()
     }
 
     /// The socket's namespace: from the kernel when it could read it, else
@@ -455,7 +508,11 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
 
     fn enrich(&mut self, ev: &mut Event) {
         if self.info(ev).is_some() {
-            if let Some((_, Some(info))) = ev.pid.and_then(|p| self.proc_cache.get(&p)) {
+            if let Some(info) = ev
+                .pid
+                .and_then(|p| self.proc_cache.get(&p))
+                .and_then(|c| c.info.as_ref())
+            {
                 ev.cmdline.clone_from(&info.cmdline);
                 ev.cgroup.clone_from(&info.cgroup);
                 ev.container_pid = info.container_pid;
