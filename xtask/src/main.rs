@@ -1,10 +1,11 @@
-//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|bench|vm-test>`.
+//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|bench|fuzz|vm-test>`.
 //!
 //! Every task except `setup` runs `setup` first, then puts the cached
 //! bpf-linker (`target/tools/bpf-linker/bin`) at the front of PATH for the
 //! cargo processes it starts; aya-build finds the linker through PATH.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod tasks;
 mod util;
@@ -65,6 +66,10 @@ enum Task {
     /// throughput under no tracer, portwatch trace, aggregate-only and
     /// bpftrace, the syscall tax, pipeline capacity and in-kernel cost.
     Bench(bench::BenchArgs),
+    /// Run each cargo-fuzz target (portwatch/fuzz) for a while and report
+    /// the inputs run and the crashes per target; exits 1 if one crashed.
+    /// Needs the nightly toolchain; installs cargo-fuzz when missing.
+    Fuzz(fuzz::FuzzArgs),
     /// Kernel tests inside qemu guests booting stock Debian kernels (6.1 and
     /// 6.12 by default), once as portwatch chooses hooks and once with
     /// fexit/fentry disabled so the kprobe variants run. Needs root, qemu,
@@ -117,6 +122,13 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
         Task::Clippy => tasks::lint(&ctx).map(|()| ExitCode::SUCCESS),
         Task::Windows => windows::windows(&ctx).map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::bench(&ctx, args).map(|()| ExitCode::SUCCESS),
+        Task::Fuzz(args) => fuzz::fuzz(&ctx, &args).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         Task::VmTest {
             kernels,
             hooks,
