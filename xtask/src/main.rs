@@ -70,10 +70,12 @@ enum Task {
     /// the inputs run and the crashes per target; exits 1 if one crashed.
     /// Needs the nightly toolchain; installs cargo-fuzz when missing.
     Fuzz(fuzz::FuzzArgs),
-    /// Kernel tests inside qemu guests booting stock Debian kernels (6.1 and
-    /// 6.12 by default), once as portwatch chooses hooks and once with
-    /// fexit/fentry disabled so the kprobe variants run. Needs root, qemu,
-    /// and apt access to Debian's archive; kernels are cached in target/vm.
+    /// Kernel tests inside qemu guests booting stock Debian kernels (5.10,
+    /// 6.1 and 6.12 by default), once as portwatch chooses hooks and once
+    /// with fexit/fentry disabled so the kprobe variants run; then the last
+    /// kernel boots systemd as PID 1 with the hardened recorder unit (the
+    /// boot test; `--hooks boot` runs only that). Needs root, qemu, and apt
+    /// access to Debian's archive; kernels are cached in target/vm.
     VmTest {
         /// Kernel to boot: a series (`6.1`, `6.12`) or an exact Debian
         /// release (`6.1.0-56`, `6.12.117+deb12`). Repeatable.
@@ -142,6 +144,7 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
                 } else {
                     kernels
                 },
+                boot_last: hooks.is_empty(),
                 hooks: if hooks.is_empty() {
                     vec![vm::Hooks::Auto, vm::Hooks::Kprobe]
                 } else {
