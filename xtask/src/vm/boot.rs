@@ -149,6 +149,11 @@ pub fn run_boot_guest(
     portwatch: &Path,
     opts: &Options,
 ) -> Result<Outcome> {
+    for tool in ["/lib/systemd/systemd", "/usr/bin/python3"] {
+        if !Path::new(tool).exists() {
+            bail!("the boot test boots the host's {tool}, which is missing: `apt-get install systemd python3`");
+        }
+    }
     let run_dir = vm_dir.join("runs").join(format!("{}-boot", k.release));
     let _ = fs::remove_dir_all(&run_dir);
     fs::create_dir_all(&run_dir)?;
