@@ -157,6 +157,14 @@ impl Aggregator {
                     *stats.bind_failures.entry((e.clone(), port)).or_default() += 1;
                 }
             }
+            // A failure inferred on a hook that cannot see the errno.
+            EventKind::Bind if ev.ret.is_none() && ev.inferred.is_some() => {
+                let port = ev.sport.unwrap_or(0);
+                *stats
+                    .bind_failures
+                    .entry(("unknown".to_owned(), port))
+                    .or_default() += 1;
+            }
             _ => {}
         }
     }

@@ -70,10 +70,12 @@ pub enum Command {
     /// which on stderr. PORTWATCH_HOOKS=kprobe,tracepoint (any of fexit,
     /// kprobe, cgroup, tracepoint) narrows the choice.
     Trace(TraceArgs),
-    /// Every socket on a port right now, TCP and UDP, IPv4 and IPv6, in every
-    /// state including TIME_WAIT, with the owning process, user, command line
-    /// and systemd unit or container. Works without root (owners of other
-    /// users' sockets are then hidden).
+    /// Every socket on a port right now (or towards a remote end, or in a
+    /// state), TCP and UDP, IPv4 and IPv6, TIME_WAIT included, with every
+    /// process holding it, its user, command line and systemd unit or
+    /// container; --count counts them by state and owner, --to shows what
+    /// occupies a destination's ephemeral ports. Works without root (owners
+    /// of other users' sockets are then hidden).
     Who(WhoArgs),
     /// Record port ownership to a crash-safe journal until stopped: binds,
     /// listens, the local port of each outgoing connection, closes and
@@ -138,6 +140,30 @@ pub enum Command {
     /// (what could be read from it, port, address, errno, is still printed)
     /// or on an error; 2 on bad usage.
     Explain(ExplainArgs),
+
+    /// Print a shell completion script: `portwatch completions bash >
+    /// /etc/bash_completion.d/portwatch` (the Debian package installs them
+    /// for bash, zsh and fish).
+    Completions(CompletionsArgs),
+
+    /// Write the man pages (portwatch.1 and one per subcommand) into a
+    /// folder; for packagers.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Where to write them (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -315,18 +341,55 @@ pub struct InstallServiceArgs {
 
 #[derive(Debug, Args)]
 pub struct WhoArgs {
-    /// The local port to look up.
+    /// The local port to look up; without it, every socket the other
+    /// options select.
     #[arg(value_parser = parse_port)]
-    pub port: u16,
+    pub port: Option<u16>,
 
-    /// Write one JSON object: {"port": N, "sockets": [...], "missing": ...}.
+    /// Only sockets whose remote end is this: ADDR, ADDR:PORT, [IPv6]:PORT
+    /// or :PORT.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_remote)]
+    pub remote: Option<crate::filter::Remote>,
+
+    /// Only sockets in this state (repeatable): LISTEN, ESTABLISHED,
+    /// TIME_WAIT, CLOSE_WAIT, SYN_SENT, ... (any case, `-` or `_`; ss's
+    /// ESTAB too), or UNCONN for unconnected UDP sockets.
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<String>,
+
+    /// Count the sockets by state and owner instead of listing them (for a
+    /// TIME_WAIT socket, the process the journal saw create it).
+    #[arg(long)]
+    pub count: bool,
+
+    /// A destination that ran out of ports (connect() fails with
+    /// EADDRNOTAVAIL): the TCP sockets towards ADDR:PORT whose local port
+    /// lies in the ephemeral range, and how much of the range they hold.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_remote)]
+    pub to: Option<crate::filter::Remote>,
+
+    /// Write one JSON object: {"port", "sockets", "to", "counts", "missing"}.
     #[arg(long)]
     pub json: bool,
+
+    /// Look in this network namespace (a container's) instead of this one:
+    /// a pid in it, its inode (`ls -iL /proc/PID/ns/net`), or a path such as
+    /// /run/netns/NAME. No nsenter needed.
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
+    pub netns: Option<String>,
 
     /// The recorder's journal, to name who created sockets that have no
     /// owner any more (TIME_WAIT, orphans). Skipped if absent.
     #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR)]
     pub journal: PathBuf,
+}
+
+fn parse_remote(s: &str) -> Result<crate::filter::Remote, String> {
+    crate::filter::Remote::parse(s)
+}
+
+fn parse_state(s: &str) -> Result<String, String> {
+    crate::filter::parse_state(s)
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +407,12 @@ pub struct DoctorArgs {
     /// else (for recording a machine's facts as a test fixture).
     #[arg(long, hide = true, conflicts_with = "json")]
     pub facts: bool,
+
+    /// Check the port configuration of this network namespace (a
+    /// container's) instead of this one: a pid in it, its inode, or a path
+    /// such as /run/netns/NAME.
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,75 @@
 //! Userspace filters. `--pid` and `--port` also run in the kernel for live
 //! traces; applying them here too keeps replays and every collector honest.
 
+use std::net::IpAddr;
+
+use serde::Serialize;
+
 use crate::escape::visible;
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, TcpState};
+
+/// `10.0.0.5`, `10.0.0.5:5432`, `[::1]:5432` or `:5432`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Remote {
+    pub addr: Option<IpAddr>,
+    pub port: Option<u16>,
+}
+
+impl Remote {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad =
+            || format!("`{s}` is not a remote end: give ADDR, ADDR:PORT, [IPv6]:PORT or :PORT");
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        if let Ok(addr) = s.parse::<IpAddr>() {
+            return Ok(Remote {
+                addr: Some(addr),
+                port: None,
+            });
+        }
+        if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+            return Ok(Remote {
+                addr: Some(sa.ip()),
+                port: Some(port(&sa.port().to_string())?),
+            });
+        }
+        match s.strip_prefix(':') {
+            Some(p) => Ok(Remote {
+                addr: None,
+                port: Some(port(p)?),
+            }),
+            None => Err(bad()),
+        }
+    }
+
+    /// Whether a socket's remote end is this one (an IPv4 address matches
+    /// its IPv4-mapped IPv6 form too).
+    pub fn matches(&self, addr: IpAddr, port: u16) -> bool {
+        self.addr
+            .is_none_or(|a| a.to_canonical() == addr.to_canonical())
+            && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// A state as a user types it (`time-wait`, `ESTAB`, `listen`) as the kernel
+/// names it (`TIME_WAIT`, `ESTABLISHED`, `LISTEN`).
+pub fn parse_state(s: &str) -> Result<String, String> {
+    let up = s.trim().to_ascii_uppercase().replace('-', "_");
+    let name = match up.as_str() {
+        "ESTAB" => "ESTABLISHED".to_owned(),
+        "TIMEWAIT" => "TIME_WAIT".to_owned(),
+        "UNCONN" => "UNCONN".to_owned(),
+        other => (1..=12)
+            .filter_map(TcpState::from_kernel)
+            .map(|st| st.name())
+            .find(|n| *n == other || n.replace('_', "") == other)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                format!("`{s}` is not a socket state: use LISTEN, ESTABLISHED, TIME_WAIT, CLOSE_WAIT, SYN_SENT, FIN_WAIT1, FIN_WAIT2, ... or UNCONN (UDP)")
+            })?,
+    };
+    Ok(name)
+}
 
 /// The kernel keeps a command name in 16 bytes, NUL included.
 pub const COMM_MAX: usize = 15;

@@ -18,6 +18,7 @@ pub mod output;
 pub mod pipeline;
 pub mod source;
 pub mod sysctl;
+pub mod term;
 pub mod timefmt;
 /// Windows: IP Helper tables, netsh parsing, registry, AutoLogger. Its pure
 /// parts build and are tested everywhere; the system calls only on Windows.

@@ -43,6 +43,8 @@ fn main() -> ExitCode {
             Command::Doctor(args) => done(portwatch::cmd::doctor::run(args)),
             #[cfg(not(windows))]
             Command::Reserve(args) => done(portwatch::cmd::reserve::run(args)),
+            Command::Completions(args) => done(portwatch::cmd::completions::completions(args)),
+            Command::Manpages(args) => done(portwatch::cmd::completions::manpages(args)),
             // 1 when the message was not recognised: scripts can tell.
             Command::Explain(args) => portwatch::cmd::explain::run(args).map(|known| {
                 if known {

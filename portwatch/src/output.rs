@@ -57,6 +57,8 @@ pub struct TextSink<W: Write> {
     dates: Option<timefmt::Zone>,
     /// portwatch's own network namespace: others are named on each line.
     own_netns: Option<u64>,
+    /// The terminal's width, to fit lines to; None: full lines (piped).
+    width: Option<usize>,
 }
 
 /// This process's network namespace inode.
@@ -81,6 +83,7 @@ impl<W: Write> TextSink<W> {
             header_done: false,
             dates: None,
             own_netns: own_netns(),
+            width: None,
         }
     }
 
@@ -97,10 +100,25 @@ impl<W: Write> TextSink<W> {
         self
     }
 
+    /// Fit lines to a terminal this wide (None: full lines, for pipes).
+    pub fn with_width(mut self, width: Option<usize>) -> Self {
+        self.width = width;
+        self
+    }
+
     /// Fixed offset, for reproducible output in tests.
     pub fn with_offset(mut self, offset: time::UtcOffset) -> Self {
         self.offset = offset;
         self
+    }
+
+    /// `text` as lines fitting the terminal (continuations indented by
+    /// `indent`), or as one line when piped.
+    fn fit(&self, text: &str, indent: usize) -> Vec<String> {
+        match self.width {
+            Some(w) => crate::term::wrap(text, w, indent),
+            None => vec![text.to_owned()],
+        }
     }
 
     fn time_width(&self) -> usize {
@@ -175,10 +193,15 @@ fn detail(ev: &Event) -> String {
                 .describe()
         ),
         EventKind::Bind | EventKind::Connect => {
-            let mut s = match &ev.errno {
-                Some(e) => e.clone(),
-                None => "ok".to_owned(),
+            let mut s = match (&ev.errno, ev.ret) {
+                (Some(e), _) => e.clone(),
+                (None, None) if ev.inferred.is_some() => "failed (errno unknown)".to_owned(),
+                (None, _) => "ok".to_owned(),
             };
+            // A hook that cannot see the result: the outcome is inferred.
+            if ev.inferred.is_some() {
+                s.push_str(" (inferred)");
+            }
             if let Some(h) = &ev.holder {
                 let who = match (h.pid, &h.comm) {
                     (Some(p), Some(c)) => format!("{}[{p}]", visible(c)),
@@ -210,21 +233,84 @@ fn detail(ev: &Event) -> String {
     }
 }
 
+/// On a terminal, what is left of a line for the DETAIL column before the
+/// LOCAL -> REMOTE column shrinks (`ESTABLISHED -> FIN_WAIT1` is 24).
+const DETAIL_ROOM: usize = 24;
+/// The LOCAL -> REMOTE column's width when there is room (and when piped).
+const ENDS_WIDTH: usize = 45;
+
+/// `text` broken into lines that fit `width` when it starts at column
+/// `col`; the lines after the first begin with `col` spaces.
+fn hang(text: &str, col: usize, width: usize) -> Vec<String> {
+    let mut lines = crate::term::wrap(text, width.saturating_sub(col).max(8), 0);
+    let pad = " ".repeat(col);
+    for l in lines.iter_mut().skip(1) {
+        l.insert_str(0, &pad);
+    }
+    lines
+}
+
+impl<W: Write> TextSink<W> {
+    /// One row: `prefix` (TIME PID COMM EVENT, `prefix_len` characters on
+    /// screen), the LOCAL -> REMOTE column and the detail. Piped, one line
+    /// with the column 45 wide; on a terminal, one line if the row fits,
+    /// else the detail on the lines below, under the LOCAL column.
+    fn write_row(
+        &mut self,
+        prefix: &str,
+        prefix_len: usize,
+        ends: &str,
+        detail: &str,
+        detail_style: Option<Style>,
+    ) -> io::Result<()> {
+        let paint = |me: &Self, s: &str| match detail_style {
+            Some(style) => me.paint(style, s),
+            None => s.to_owned(),
+        };
+        let Some(width) = self.width else {
+            let detail = paint(self, detail);
+            return writeln!(self.out, "{prefix}{ends:<ENDS_WIDTH$} {detail}");
+        };
+        let ends_w = width
+            .saturating_sub(prefix_len + 1 + DETAIL_ROOM)
+            .min(ENDS_WIDTH);
+        let ends_len = ends.chars().count();
+        if ends_len <= ends_w && prefix_len + ends_w + 1 + detail.chars().count() <= width {
+            let detail = paint(self, detail);
+            let line = format!("{prefix}{ends:<ends_w$} {detail}");
+            return writeln!(self.out, "{}", line.trim_end());
+        }
+        for (i, l) in hang(ends, prefix_len, width).into_iter().enumerate() {
+            if i == 0 {
+                writeln!(self.out, "{}", format!("{prefix}{l}").trim_end())?;
+            } else {
+                writeln!(self.out, "{l}")?;
+            }
+        }
+        if !detail.is_empty() {
+            let pad = " ".repeat(prefix_len);
+            for l in hang(detail, prefix_len, width) {
+                writeln!(self.out, "{pad}{}", paint(self, l.trim_start()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<W: Write> Sink for TextSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let tw = self.time_width();
+        // TIME PID COMM EVENT and the spaces after each.
+        let prefix_len = tw + 1 + 7 + 1 + 15 + 1 + 8 + 1;
         if !self.header_done {
             self.header_done = true;
-            let h = format!(
-                "{:<w$} {:>7} {:<15} {:<8} {:<45} DETAIL",
-                "TIME",
-                "PID",
-                "COMM",
-                "EVENT",
-                "LOCAL -> REMOTE",
-                w = self.time_width()
+            let bold = Style::new().bold();
+            let prefix = format!(
+                "{:<tw$} {:>7} {:<15} {:<8} ",
+                "TIME", "PID", "COMM", "EVENT"
             );
-            let h = self.paint(Style::new().bold(), &h);
-            writeln!(self.out, "{h}")?;
+            let prefix = self.paint(bold, &prefix);
+            self.write_row(&prefix, prefix_len, "LOCAL -> REMOTE", "DETAIL", Some(bold))?;
         }
         let time = match self.dates {
             Some(zone) => timefmt::date_ms_marked(ev.time, zone),
@@ -233,6 +319,11 @@ impl<W: Write> Sink for TextSink<W> {
         let pid = ev.pid.map_or("-".to_owned(), |p| p.to_string());
         // A process names itself (prctl PR_SET_NAME): escape what it chose.
         let comm = ev.comm.as_deref().map_or("?".into(), visible);
+        // On a terminal the column holds what it is meant to.
+        let comm = match self.width {
+            Some(_) => crate::term::cut(&comm, 15),
+            None => comm.into_owned(),
+        };
         let local = endpoint(ev.saddr, ev.sport);
         let remote = endpoint(ev.daddr, ev.dport);
         let ends = match ev.event {
@@ -251,27 +342,27 @@ impl<W: Write> Sink for TextSink<W> {
             EventKind::State => Style::new(),
         };
         let kind = self.paint(kind_style, &format!("{:<8}", ev.event.name()));
+        let prefix = format!("{time:<tw$} {pid:>7} {comm:<15} {kind} ");
         let detail = detail(ev);
-        let detail = if failed {
-            self.paint(Color::Red.normal(), &detail)
-        } else {
-            detail
-        };
         // Where it happened, when not in portwatch's own namespace; the pid
         // a container's own logs would show.
-        let mut place = netns_tag(ev.netns, self.own_netns);
+        let mut detail = detail;
+        detail.push_str(&netns_tag(ev.netns, self.own_netns));
         if let Some(p) = ev.container_pid {
-            place.push_str(&format!(" [pid {p} in its namespace]"));
+            detail.push_str(&format!(" [pid {p} in its namespace]"));
         }
-        writeln!(
-            self.out,
-            "{time:<w$} {pid:>7} {comm:<15} {kind} {ends:<45} {detail}{place}",
-            w = self.time_width()
-        )?;
+        let style = failed.then(|| Color::Red.normal());
+        self.write_row(&prefix, prefix_len, &ends, &detail, style)?;
         if failed {
             if let Some(hint) = runtime_hint(ev) {
-                let hint = self.paint(Style::new().dimmed(), &format!("  {hint}"));
-                writeln!(self.out, "{hint}")?;
+                let lines = match self.width {
+                    Some(w) => crate::term::wrap(&format!("  {hint}"), w, 4),
+                    None => vec![format!("  {hint}")],
+                };
+                for l in lines {
+                    let l = self.paint(Style::new().dimmed(), &l);
+                    writeln!(self.out, "{l}")?;
+                }
             }
         }
         Ok(())
@@ -288,25 +379,30 @@ impl<W: Write> Sink for TextSink<W> {
                 s.lost, l.ring_buffer, l.recursion, l.inferred
             )
         };
-        if s.events == 0 {
+        let line = if s.events == 0 {
             // Say what was watched: an empty trace is an answer too.
             let watched = s
                 .watched
                 .as_ref()
                 .map(|w| format!(" on {}", visible(&w.describe())))
                 .unwrap_or_default();
-            writeln!(
-                self.out,
-                "\n{title}: no events in {:.1}s of watching TCP state changes, bind() and connect(){watched}; {lost}",
+            format!(
+                "summary: no events in {:.1}s of watching TCP state changes, bind() and connect(){watched}; {lost}",
                 s.duration_s
-            )?;
+            )
         } else {
-            writeln!(
-                self.out,
-                "\n{title}: {} in {:.1}s, {lost}",
+            format!(
+                "summary: {} in {:.1}s, {lost}",
                 crate::plural(s.events, "event", "events"),
                 s.duration_s
-            )?;
+            )
+        };
+        writeln!(self.out)?;
+        for (i, l) in self.fit(&line, 2).into_iter().enumerate() {
+            match l.strip_prefix("summary").filter(|_| i == 0) {
+                Some(rest) => writeln!(self.out, "{title}{rest}")?,
+                None => writeln!(self.out, "{l}")?,
+            }
         }
         if let Some(r) = s.ephemeral_range {
             writeln!(
@@ -342,8 +438,7 @@ impl<W: Write> Sink for TextSink<W> {
                     .iter()
                     .map(|b| format!("bind :{} {} x{}", b.port, b.errno, b.count)),
             );
-            writeln!(
-                self.out,
+            let row = format!(
                 "{:>7} {:<15} {:>8} {:>9}  {}",
                 p.pid.map_or("-".to_owned(), |v| v.to_string()),
                 p.comm.as_deref().map_or("?".into(), visible),
@@ -354,7 +449,11 @@ impl<W: Write> Sink for TextSink<W> {
                 } else {
                     fails.join(", ")
                 }
-            )?;
+            );
+            // Under the FAILURES column when it wraps.
+            for l in self.fit(&row, 44) {
+                writeln!(self.out, "{l}")?;
+            }
         }
         for d in s.timewait_destinations.iter().take(10) {
             writeln!(
@@ -504,6 +603,68 @@ mod tests {
         assert!(
             t.starts_with("\nsummary: 1 event in 8.0s, nothing lost\n"),
             "{t}"
+        );
+    }
+
+    fn text_at(events: &[Event], width: Option<usize>) -> String {
+        let mut out = Vec::new();
+        {
+            let mut sink = TextSink::new(&mut out, false)
+                .with_offset(time::UtcOffset::UTC)
+                .with_width(width);
+            for ev in events {
+                sink.event(ev).expect("event");
+            }
+            let mut agg = crate::aggregate::Aggregator::new(None);
+            events.iter().for_each(|e| agg.add(e));
+            sink.summary(&agg.summary(0)).expect("summary");
+            sink.flush().expect("flush");
+        }
+        String::from_utf8(out).expect("utf8")
+    }
+
+    fn a_mixed_stream() -> Vec<Event> {
+        let mut v6 = failed_connect();
+        v6.event = EventKind::State;
+        v6.ret = None;
+        v6.errno = None;
+        v6.saddr = Some("2001:db8:1234:5678::17".parse().expect("ip"));
+        v6.sport = Some(50123);
+        v6.daddr = Some("2001:db8:1234:5678::42".parse().expect("ip"));
+        v6.old_state = Some(crate::model::TcpState::Established);
+        v6.new_state = Some(crate::model::TcpState::FinWait1);
+        let mut bind = failed_connect();
+        bind.event = EventKind::Bind;
+        bind.saddr = Some(IpAddr::from([0, 0, 0, 0]));
+        bind.sport = Some(1433);
+        bind.set_ret(-crate::errno::EADDRINUSE);
+        vec![failed_connect(), v6, bind]
+    }
+
+    #[test]
+    fn text_fits_a_terminal_and_keeps_full_lines_when_piped() {
+        for width in [80, 100, 120] {
+            let t = text_at(&a_mixed_stream(), Some(width));
+            for l in t.lines() {
+                assert!(l.chars().count() <= width, "{width}: {l:?}\n{t}");
+            }
+            assert!(t.contains("ESTABLISHED -> FIN_WAIT1"), "{t}");
+            assert!(t.contains("[2001:db8:1234:5678::42]:1433"), "{t}");
+        }
+        let piped = text_at(&a_mixed_stream(), None);
+        let lines: Vec<&str> = piped.lines().collect();
+        // Header, 3 events with a hint under each failure, summary.
+        assert!(lines[0].chars().count() > 90, "{piped}");
+        let v6 = lines
+            .iter()
+            .find(|l| l.contains("[2001:db8:1234:5678::17]:50123"))
+            .expect("the IPv6 line");
+        assert!(v6.ends_with("ESTABLISHED -> FIN_WAIT1"), "one line: {v6}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("  java:") && l.chars().count() > 120),
+            "hints unwrapped: {piped}"
         );
     }
 

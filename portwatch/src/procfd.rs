@@ -25,7 +25,18 @@ pub struct SocketOwner {
 /// mid-scan are skipped, not errors: a snapshot of a live system is always
 /// racy, and an unprivileged caller simply sees fewer owners.
 pub fn socket_inodes() -> HashMap<u64, Vec<SocketOwner>> {
-    scan(None)
+    scan(None, false)
+}
+
+/// Every process holding each of the given inodes: like [`owners_of`], but
+/// it visits every process, so that all sharers of a socket are found (an
+/// nginx master and all its workers), not only the lowest pid.
+pub fn every_owner_of(inodes: &[u64]) -> HashMap<u64, Vec<SocketOwner>> {
+    let wanted: HashSet<u64> = inodes.iter().copied().filter(|&i| i != 0).collect();
+    if wanted.is_empty() {
+        return HashMap::new();
+    }
+    scan(Some(&wanted), false)
 }
 
 /// Same as [`socket_inodes`] but only looks for the given inodes and stops
@@ -40,10 +51,10 @@ pub fn owners_of(inodes: &[u64]) -> HashMap<u64, Vec<SocketOwner>> {
     if wanted.is_empty() {
         return HashMap::new();
     }
-    scan(Some(&wanted))
+    scan(Some(&wanted), true)
 }
 
-fn scan(wanted: Option<&HashSet<u64>>) -> HashMap<u64, Vec<SocketOwner>> {
+fn scan(wanted: Option<&HashSet<u64>>, stop_early: bool) -> HashMap<u64, Vec<SocketOwner>> {
     let mut map: HashMap<u64, Vec<SocketOwner>> = HashMap::new();
     let Ok(procs) = all_processes() else {
         return map;
@@ -66,7 +77,7 @@ fn scan(wanted: Option<&HashSet<u64>>) -> HashMap<u64, Vec<SocketOwner>> {
                 comm: stat.comm.clone(),
             });
         }
-        if let Some(w) = wanted {
+        if let (Some(w), true) = (wanted, stop_early) {
             // Keys are a subset of `w`, so equal sizes means all were found.
             if map.len() == w.len() {
                 break;
@@ -161,21 +172,43 @@ mod tests {
         assert!(owners_of(&[]).is_empty());
     }
 
-    #[test]
-    fn shared_socket_lists_every_owner_sorted() {
+    /// A listener this process shares with a child `sleep` (its inode, the
+    /// child); the caller kills the child.
+    fn shared_with_a_child() -> (TcpListener, u64, std::process::Child) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let ino = inode_of(&l);
         // dup() drops FD_CLOEXEC, so the child inherits the socket.
         let raw = unsafe { libc::dup(l.as_raw_fd()) };
         assert!(raw >= 0);
         let dup = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut child = Command::new("sleep")
+        let child = Command::new("sleep")
             .arg("10")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
         drop(dup);
+        (l, ino, child)
+    }
 
+    #[test]
+    fn every_owner_of_finds_sharers_in_later_processes_too() {
+        let (_l, ino, mut child) = shared_with_a_child();
+        let early = owners_of(&[ino]);
+        let every = every_owner_of(&[ino]);
+        let _ = child.kill();
+        let _ = child.wait();
+        // The test process comes first; the early stop misses the child.
+        assert_eq!(early[&ino].len(), 1, "{early:?}");
+        let pids: Vec<u32> = every[&ino].iter().map(|o| o.pid).collect();
+        assert!(
+            pids.contains(&child.id()) && pids.contains(&std::process::id()),
+            "{pids:?}"
+        );
+    }
+
+    #[test]
+    fn shared_socket_lists_every_owner_sorted() {
+        let (_l, ino, mut child) = shared_with_a_child();
         let map = socket_inodes();
         let _ = child.kill();
         let _ = child.wait();

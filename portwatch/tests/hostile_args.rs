@@ -27,6 +27,8 @@ fn base(sub: &str) -> Vec<&'static str> {
         "record" => vec!["record", "--journal=/proc/portwatch-sweep"],
         "history" => vec!["history"],
         "doctor" => vec!["doctor"],
+        "completions" => vec!["completions"],
+        "manpages" => vec!["manpages"],
         other => panic!("no base command line for {other}"),
     }
 }
@@ -46,6 +48,12 @@ const REFUSED: &[(&str, &str, &[&str], &str)] = &[
     ("trace", "ring_bytes", &["0", "4095", "5000", "4294967296", "1073741824", "", "-4096"], "power of two"),
     ("trace", "stall_reader_ms", &["-1", "600001", "1e3", ""], "0..=600000"),
     ("who", "port", &["0", "65536", "-1", "NaN", ""], "1 to 65535"),
+    ("who", "remote", &["", "nonsense", "1.2.3.4:99999", "[::1"], "ADDR:PORT"),
+    ("who", "to", &["", "x:y", "10.0.0.1:65536"], "ADDR:PORT"),
+    ("who", "states", &["BOGUS", ""], "LISTEN"),
+    ("who", "netns", &["", "   "], "namespace inode"),
+    ("doctor", "netns", &["", "   "], "namespace inode"),
+    ("completions", "shell", &["tcsh", ""], "possible values"),
     ("record", "max_size", &["0", "1K", "-1", "1e20", "99999999999999999999G", "18446744073709551615G", "", "M"], "64M|give at most"),
     ("record", "fsync", &["sometimes", ""], "possible values"),
     ("record", "duration", &["0", "-5", "NaN", "1e20", ""], "seconds"),
@@ -66,14 +74,14 @@ const PATHS: &[(&str, &str)] = &[
     ("trace", "replay"), ("trace", "stall_reader_until"), ("who", "journal"),
     ("record", "journal"), ("history", "journal"), ("install-service", "journal"),
     ("install-service", "binary"), ("install-service", "unit_dir"),
-    ("reserve", "persist_file"), ("explain", "journal"),
+    ("reserve", "persist_file"), ("explain", "journal"), ("manpages", "dir"),
 ];
 
 /// Arguments that take no value, or any text at all (explain's message).
 #[rustfmt::skip]
 const NO_BAD_VALUE: &[(&str, &str)] = &[
     ("trace", "json"), ("trace", "errors"), ("trace", "summary_only"),
-    ("who", "json"), ("history", "first"), ("history", "list_boots"),
+    ("who", "json"), ("who", "count"), ("history", "first"), ("history", "list_boots"),
     ("history", "json"), ("history", "utc"), ("install-service", "dry_run"),
     ("install-service", "now"), ("doctor", "json"), ("doctor", "facts"),
     ("reserve", "persist"), ("reserve", "dry_run"), ("explain", "json"),

@@ -68,6 +68,8 @@ fn every_subcommand_ends_quietly_on_a_closed_pipe() {
             "--unit-dir",
             units,
         ],
+        &["completions", "bash"],
+        &["manpages", "--dir", units],
         &["--help"],
     ];
     for args in runs {

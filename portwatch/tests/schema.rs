@@ -13,8 +13,8 @@ use serde_json::Value;
 
 const README: &str = include_str!("../../README.md");
 
-/// Keys whose object's keys are data (errno names), not schema.
-const DATA_KEYED: &[&str] = &["connect_failures"];
+/// Keys whose object's keys are data (errno and state names), not schema.
+const DATA_KEYED: &[&str] = &["connect_failures", "by_state"];
 
 fn keys(v: &Value, out: &mut BTreeSet<String>) {
     match v {
@@ -159,7 +159,7 @@ fn who() -> Value {
         ],
     )]);
     let mut report = portwatch::cmd::who::report(
-        8081,
+        Some(8081),
         vec![entry(10, 7), entry(6, 0)],
         &owners,
         &mut Procs,
@@ -175,6 +175,16 @@ fn who() -> Value {
         &[portwatch::journal::Record::event("b".into(), 1, created)],
         "b",
     );
+    report.counts = Some(portwatch::cmd::who::counts(&report.sockets));
+    report.to = Some(portwatch::cmd::who::towards(
+        ("127.0.0.1".parse().expect("ip"), 50000),
+        &report.sockets,
+        Some(PortRange {
+            low: 8000,
+            high: 9000,
+        }),
+        None,
+    ));
     serde_json::to_value(&report).expect("json")
 }
 

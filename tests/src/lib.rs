@@ -59,10 +59,23 @@ pub fn skip_reason() -> Option<String> {
 macro_rules! skip_unless_kernel {
     () => {
         if let Some(why) = $crate::skip_reason() {
-            eprintln!("SKIPPED: {why}");
-            return Ok(());
+            return $crate::skipped(&why);
         }
     };
+}
+
+/// Where every kernel test is expected to run (CI, the VM guests),
+/// `PORTWATCH_NO_SKIP=1` makes a test that would skip fail instead: a skip
+/// there means something is missing, not that the test passed.
+pub const NO_SKIP_ENV: &str = "PORTWATCH_NO_SKIP";
+
+/// Prints `SKIPPED: why` and passes, or fails where no skip is expected.
+pub fn skipped(why: &str) -> Result<()> {
+    if std::env::var_os(NO_SKIP_ENV).is_some_and(|v| v == "1") {
+        bail!("this test would skip ({why}), but {NO_SKIP_ENV}=1 says it must run here");
+    }
+    eprintln!("SKIPPED: {why}");
+    Ok(())
 }
 
 /// What a traced run produced.

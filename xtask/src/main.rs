@@ -1,4 +1,4 @@
-//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|bench|fuzz|vm-test>`.
+//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|package|bench|fuzz|vm-test>`.
 //!
 //! Every task except `setup` runs `setup` first, then puts the cached
 //! bpf-linker (`target/tools/bpf-linker/bin`) at the front of PATH for the
@@ -6,6 +6,7 @@
 
 mod bench;
 mod fuzz;
+mod package;
 mod setup;
 mod tasks;
 mod util;
@@ -39,18 +40,21 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Build portwatch and run it as root (via `sudo -E` when not root).
+    /// Build portwatch's release profile and run it as root (via `sudo -E`
+    /// when not root).
     Run {
-        /// Build and run the release binary.
+        /// Build and run the debug profile instead (slower; a tracer's job
+        /// is to keep up).
         #[arg(long)]
-        release: bool,
+        debug: bool,
         /// Arguments for portwatch (put them after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Full suite: fmt check, clippy, unit tests, the Windows cross-build
-    /// with its wine tests, then kernel (integration) tests one at a time as
-    /// root.
+    /// with its wine tests, the kernel (integration) tests one at a time as
+    /// root, then the Debian package installed with dpkg -i, run, and
+    /// removed with dpkg -r.
     Test {
         /// Extra arguments for the integration test run, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -62,6 +66,15 @@ enum Task {
     /// warnings for that target, and run it under wine. Installs the rustup
     /// target, mingw and wine when missing. Also part of `test`.
     Windows,
+    /// Build the Debian package (target/debian/portwatch_*.deb): the
+    /// release binary, the recorder's unit (not enabled), shell completions
+    /// and man pages. Installs cargo-deb into target/tools the first time.
+    Package {
+        /// Then install it with dpkg -i, run it and remove it with dpkg -r
+        /// (the last step of `cargo xtask test`; root).
+        #[arg(long)]
+        test: bool,
+    },
     /// Overhead benchmark (prints figures; a few minutes; needs root): churn
     /// throughput under no tracer, portwatch trace, aggregate-only and
     /// bpftrace, the syscall tax, pipeline capacity and in-kernel cost.
@@ -119,10 +132,12 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
     match task {
         Task::Setup => Ok(ExitCode::SUCCESS),
         Task::Build { release } => tasks::build(&ctx, release).map(|()| ExitCode::SUCCESS),
-        Task::Run { release, args } => tasks::run(&ctx, release, &args),
+        Task::Run { debug, args } => tasks::run(&ctx, !debug, &args),
         Task::Test { args } => tasks::test(&ctx, &args).map(|()| ExitCode::SUCCESS),
         Task::Clippy => tasks::lint(&ctx).map(|()| ExitCode::SUCCESS),
         Task::Windows => windows::windows(&ctx).map(|()| ExitCode::SUCCESS),
+        Task::Package { test: false } => package::package(&ctx).map(|_| ExitCode::SUCCESS),
+        Task::Package { test: true } => package::test(&ctx).map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::bench(&ctx, args).map(|()| ExitCode::SUCCESS),
         Task::Fuzz(args) => fuzz::fuzz(&ctx, &args).map(|ok| {
             if ok {

@@ -279,7 +279,9 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
         out.flush()?;
     } else {
         drop(out);
-        let mut sink = TextSink::new(io::stdout(), false).with_dates(zone);
+        let mut sink = TextSink::new(io::stdout(), false)
+            .with_dates(zone)
+            .with_width(crate::term::stdout_width());
         for r in &selected {
             sink.event(&r.event)?;
         }

@@ -1,11 +1,11 @@
 //! `portwatch trace`.
 
-use std::io::{self, IsTerminal};
+use std::io;
 
 use anyhow::Context as _;
 
 use crate::attribution::{Attributor, Offline};
-use crate::cli::{ColorChoice, TraceArgs};
+use crate::cli::TraceArgs;
 use crate::filter::EventFilter;
 use crate::model::{Hints, LostReason, SourceMsg};
 use crate::output::{JsonSink, Sink, TextSink};
@@ -18,12 +18,8 @@ fn sink(args: &TraceArgs) -> Box<dyn Sink> {
     if args.json {
         return Box::new(JsonSink::new(stdout));
     }
-    let color = match args.color {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-    };
-    Box::new(TextSink::new(stdout, color))
+    let color = crate::term::color(args.color);
+    Box::new(TextSink::new(stdout, color).with_width(crate::term::stdout_width()))
 }
 
 /// The filter the arguments ask for; a `--comm` the kernel cannot hold is

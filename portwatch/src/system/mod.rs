@@ -10,7 +10,7 @@ mod sockets;
 use std::collections::HashMap;
 
 pub use cgroup::{cgroup2_mount, cgroup_path, unit_from_cgroup};
-pub use netns::{inode_of as netns_inode, Netns};
+pub use netns::{inode_of as netns_inode, open as open_netns, run_in, Netns};
 pub use process::LiveProcesses;
 pub use sockets::LiveSockets;
 

@@ -173,6 +173,33 @@ fn find(ino: u64) -> Option<OwnedFd> {
         .find_map(|e| open_if(e.path()))
 }
 
+/// `--netns` for the subcommands that look into a namespace (`who`,
+/// `doctor`): a pid in it, the path of a namespace file (`/proc/PID/ns/net`,
+/// `/run/netns/NAME`), or its inode (a process in it is then looked for).
+/// Returns the inode and an open handle.
+pub fn open(spec: &str) -> Result<(u64, Arc<OwnedFd>), String> {
+    // Pids stay below 2^22 (pid_max's ceiling); namespace inodes are far above.
+    const PID_MAX_LIMIT: u64 = 1 << 22;
+    let path = match spec.parse::<u64>() {
+        Ok(ino) if ino >= PID_MAX_LIMIT => {
+            return Netns::new()
+                .get(ino)
+                .map(|fd| (ino, fd))
+                .ok_or_else(|| format!("--netns {spec}: no process is in a network namespace with that inode; give a pid in it or a path such as /run/netns/NAME"));
+        }
+        Ok(pid) => format!("/proc/{pid}/ns/net"),
+        Err(_) => spec.to_owned(),
+    };
+    let f = std::fs::File::open(&path).map_err(|e| {
+        format!("--netns {spec}: cannot open {path} ({e}); give a pid in the namespace, its inode (ls -iL /proc/PID/ns/net), or a path such as /run/netns/NAME")
+    })?;
+    let ino = f
+        .metadata()
+        .map_err(|e| format!("--netns {spec}: {e}"))?
+        .ino();
+    Ok((ino, Arc::new(OwnedFd::from(f))))
+}
+
 /// Runs `f` on a short-lived thread that has joined namespace `ns` (setns
 /// affects one thread only), or on this one when `ns` is None: for
 /// /proc/sys/net, which shows the namespace of whoever opens it.

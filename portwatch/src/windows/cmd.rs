@@ -19,8 +19,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Record(_) => bail!(
             "on Windows, Event Tracing for Windows records boot for portwatch: run `portwatch install-service` (an ETW AutoLogger), reboot, then `portwatch history`; `portwatch trace` traces live"
         ),
-        Command::Trace(_) | Command::Explain(_) => {
-            bail!("trace and explain are dispatched by the shared commands")
+        Command::Trace(_)
+        | Command::Explain(_)
+        | Command::Completions(_)
+        | Command::Manpages(_) => {
+            bail!("trace, explain, completions and manpages are dispatched by the shared commands")
         }
     }
 }
@@ -39,7 +42,10 @@ fn run_who(args: WhoArgs) -> anyhow::Result<()> {
         services: sys::service_pids().unwrap_or_default(),
         names_error,
     };
-    let mut report = who::report(args.port, rows, &owners);
+    let Some(port) = args.port else {
+        bail!("on Windows, who needs a PORT: its filters without one (--remote, --state, --to) are Linux-only so far");
+    };
+    let mut report = who::report(port, rows, &owners);
     if !errors.is_empty() {
         let more = format!("some tables could not be read: {}", errors.join("; "));
         report.missing = Some(match report.missing.take() {

@@ -289,3 +289,56 @@ time.sleep(0.5)
     );
     Ok(())
 }
+
+/// `who` and `doctor` look into a container's namespace with `--netns`,
+/// without nsenter: its sockets, its range, its listeners in that range.
+#[test]
+fn who_and_doctor_look_into_another_namespace() -> Result<()> {
+    skip_unless_kernel!();
+    let run = integration_tests::in_netns(
+        r#"
+ip netns del pwlook 2>/dev/null || true
+ip netns add pwlook
+ip -n pwlook link set lo up
+ip netns exec pwlook sysctl -qw net.ipv4.ip_local_port_range="40000 40100"
+ip netns exec pwlook python3 -c '
+import os, socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 40050)); s.listen()
+open(os.environ["D"] + "/pid", "w").write(str(os.getpid()))
+time.sleep(30)
+' >/dev/null 2>&1 &
+for _ in $(seq 1 200); do [ -s "$D/pid" ] && break; sleep 0.025; done
+"$PW" who 40050 --netns /run/netns/pwlook --json > "$D/who_there"
+"$PW" who 40050 --json > "$D/who_here"
+"$PW" doctor --netns "$(cat "$D/pid")" --json > "$D/doctor_there"
+kill "$(cat "$D/pid")"
+ip netns del pwlook
+"#,
+    )?;
+    let pid: u64 = run.file("pid").trim().parse().context("pid")?;
+    let there = run.json("who_there")?;
+    let here = run.json("who_here")?;
+    ensure!(
+        there["sockets"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["pid"] == pid && s["state"] == "LISTEN")),
+        "the namespace's listener: {there}"
+    );
+    ensure!(
+        here["sockets"].as_array().is_some_and(|s| s.is_empty()),
+        "nothing here: {here}"
+    );
+    let doctor = run.json("doctor_there")?;
+    let flagged = doctor["findings"].as_array().is_some_and(|f| {
+        f.iter().any(|f| {
+            f["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("40050") && m.contains("40000-40100"))
+        })
+    });
+    ensure!(
+        flagged,
+        "the listener inside the namespace's range: {doctor}"
+    );
+    Ok(())
+}

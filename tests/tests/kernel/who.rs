@@ -146,3 +146,113 @@ kill -TERM $rec; wait $rec
     ensure!(tw["created_by"]["comm"] == "python3", "{tw}");
     Ok(())
 }
+
+/// A forked server (master and worker share the listener) and a client that
+/// used up a 5-port range towards it: `who` lists both processes, and
+/// `--to`, `--count`, `--state` and `--remote` answer the incident's
+/// questions.
+#[test]
+fn who_answers_for_shared_listeners_and_an_exhausted_destination() -> Result<()> {
+    skip_unless_kernel!();
+    let out = netns_script(
+        r#"
+echo "40000 40004" >/proc/sys/net/ipv4/ip_local_port_range
+python3 "$D/server.py" >"$D/pids" &
+for _ in $(seq 1 100); do [ "$(wc -l <"$D/pids")" -ge 2 ] && break; sleep 0.05; done
+python3 -c '
+import socket
+for _ in range(5):
+    c = socket.create_connection(("127.0.0.1", 8080)); c.close()
+'
+sleep 0.2
+echo "PIDS=$(tr '\n' ' ' <"$D/pids")"
+echo "WHO $("$PW" who 8080 --state listen --json)"
+echo "TO $("$PW" who --to 127.0.0.1:8080 --json)"
+echo "COUNT $("$PW" who --to 127.0.0.1:8080 --count --json)"
+echo "REMOTE $("$PW" who --remote 127.0.0.1:8080 --state time-wait --json)"
+"$PW" who --to 127.0.0.1:8080 >"$D/to.txt"
+echo "TOTEXT $(head -1 "$D/to.txt")"
+kill $(cat "$D/pids") 2>/dev/null || true
+"#,
+        &[(
+            "server.py",
+            r#"
+import os, socket, sys, time
+lst = socket.socket(); lst.bind(("127.0.0.1", 8080)); lst.listen(16)
+if os.fork() == 0:
+    print(os.getpid(), flush=True); time.sleep(20); sys.exit(0)
+print(os.getpid(), flush=True)
+lst.settimeout(20)
+try:
+    while True:
+        s, _ = lst.accept(); s.recv(1); s.close()
+except socket.timeout:
+    pass
+"#,
+        )],
+    )?;
+    let json = |tag: &str| -> Result<Value> {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .with_context(|| format!("{tag} missing:\n{out}"))?;
+        Ok(serde_json::from_str(line.trim())?)
+    };
+    let pids: Vec<u64> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("PIDS="))
+        .context("pids")?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ensure!(pids.len() == 2, "{out}");
+    let who = json("WHO ")?;
+    let sockets = who["sockets"].as_array().context("sockets")?;
+    ensure!(
+        sockets.len() == 1 && sockets[0]["state"] == "LISTEN",
+        "{who:#}"
+    );
+    let mut holders: Vec<u64> = sockets[0]["also"]
+        .as_array()
+        .context("also")?
+        .iter()
+        .filter_map(|a| a["pid"].as_u64())
+        .chain(sockets[0]["pid"].as_u64())
+        .collect();
+    holders.sort();
+    let mut want = pids.clone();
+    want.sort();
+    ensure!(holders == want, "master and worker both hold it: {who:#}");
+
+    let to = json("TO ")?;
+    ensure!(
+        to["to"]["in_use"] == 5 && to["to"]["capacity"] == 5,
+        "{to:#}"
+    );
+    ensure!(to["to"]["by_state"]["TIME_WAIT"] == 5, "{to:#}");
+    ensure!(
+        to["sockets"].as_array().is_some_and(|s| s.len() == 5),
+        "{to:#}"
+    );
+    let count = json("COUNT ")?;
+    ensure!(
+        count["counts"][0]["count"] == 5 && count["counts"][0]["state"] == "TIME_WAIT",
+        "{count:#}"
+    );
+    let remote = json("REMOTE ")?;
+    ensure!(
+        remote["sockets"].as_array().is_some_and(|s| s.len() == 5
+            && s.iter()
+                .all(|s| s["state"] == "TIME_WAIT" && s["uid"].is_null())),
+        "{remote:#}"
+    );
+    let text = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTEXT "))
+        .context("text")?;
+    ensure!(
+        text.starts_with("towards 127.0.0.1:8080: 5 of the 5 usable ports of the ephemeral range 40000-40004 are held (5 TIME_WAIT); none is left"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -66,6 +66,8 @@ pub fn run_guest(
     }
     // The kernel tests append each traced run's lost events by reason here.
     script += "export PORTWATCH_LOSS_LOG=/run/tmp/losses\n";
+    // Every kernel test is expected to run in the guests: a skip fails.
+    script += "export PORTWATCH_NO_SKIP=1\n";
     script += "cd /run/tmp\necho \"portwatch-vm: kernel $(uname -r)\"\n";
     // Which hook serves what, as portwatch reports it.
     script += "\"$PORTWATCH_BIN\" trace --duration 1 2>&1 >/dev/null | grep '^portwatch:'\n";

@@ -17,7 +17,7 @@ pub mod render;
 #[cfg(test)]
 mod tests;
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 
 pub use facts::{
     EphemeralRange, Facts, KernelCaps, LinuxKernel, Listener, Lockdown, Owner, PortConfig,
@@ -30,16 +30,28 @@ pub use findings::{
 pub use linux::collect_ports;
 pub use render::{to_json, write_text};
 
-use crate::cli::{ColorChoice, DoctorArgs};
+use crate::cli::DoctorArgs;
 
+/// The facts, with the port configuration read in namespace `netns`
+/// (`--netns`) when given: its ranges, reserved ports and listeners.
 #[cfg(target_os = "linux")]
-fn collect() -> Facts {
-    linux::collect()
+fn collect(netns: Option<&str>) -> anyhow::Result<Facts> {
+    let Some(spec) = netns else {
+        return Ok(linux::collect());
+    };
+    let (_, fd) = crate::system::open_netns(spec).map_err(anyhow::Error::msg)?;
+    // sock_diag sockets and /proc/sys/net belong to the namespace of the
+    // thread that opens them.
+    let ports = crate::system::run_in(Some(&*fd), || Ok(linux::collect_ports()))
+        .map_err(|e| anyhow::anyhow!("--netns {spec}: cannot enter the namespace: {e}"))?;
+    let mut facts = linux::collect();
+    facts.ports = ports;
+    Ok(facts)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn collect() -> Facts {
-    Facts {
+fn collect(_netns: Option<&str>) -> anyhow::Result<Facts> {
+    Ok(Facts {
         caps: KernelCaps {
             kernel: "unknown".into(),
             privileged: false,
@@ -47,11 +59,11 @@ fn collect() -> Facts {
             linux: None,
         },
         ports: PortConfig::default(),
-    }
+    })
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
-    let facts = collect();
+    let facts = collect(args.netns.as_deref())?;
     let stdout = io::stdout();
     let result = if args.facts {
         let mut out = stdout.lock();
@@ -66,13 +78,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             .and_then(|()| writeln!(out))
     } else {
         let findings = analyze(&facts);
-        let color = match args.color {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        };
+        let color = crate::term::color(args.color);
+        let width = crate::term::stdout_width();
         let mut out = io::BufWriter::new(stdout.lock());
-        write_text(&mut out, &facts, &findings, color).and_then(|()| out.flush())
+        write_text(&mut out, &facts, &findings, color, width).and_then(|()| out.flush())
     };
     match result {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),

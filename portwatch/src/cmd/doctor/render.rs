@@ -108,11 +108,41 @@ pub fn to_json(facts: &Facts, findings: &[Finding]) -> Value {
     })
 }
 
+/// Colours, and the terminal's width to fit lines to (None: full lines).
 struct Painter {
     color: bool,
+    width: Option<usize>,
 }
 
 impl Painter {
+    /// `text` on as many lines as the width needs, continuations indented
+    /// by `indent`; the first `token` of the first line painted `style`.
+    fn line(
+        &self,
+        w: &mut impl Write,
+        text: &str,
+        indent: usize,
+        paint: Option<(&str, Style)>,
+    ) -> io::Result<()> {
+        let lines = match self.width {
+            Some(width) => crate::term::wrap(text, width, indent),
+            None => vec![text.to_owned()],
+        };
+        for (i, l) in lines.into_iter().enumerate() {
+            let l = match paint {
+                Some((token, style)) if i == 0 => l.replacen(token, &self.paint(style, token), 1),
+                _ => l,
+            };
+            writeln!(w, "{}", l.trim_end())?;
+        }
+        Ok(())
+    }
+
+    /// `  NAME                 value`, the value's continuations under it.
+    fn field(&self, w: &mut impl Write, name: &str, value: &str) -> io::Result<()> {
+        self.line(w, &format!("  {name:<20} {value}"), 23, None)
+    }
+
     fn bold(&self, s: &str) -> String {
         self.paint(Style::new().bold(), s)
     }
@@ -134,13 +164,15 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
+/// The report as text; `width` is the terminal's (None: full lines).
 pub fn write_text(
     w: &mut impl Write,
     facts: &Facts,
     findings: &[Finding],
     color: bool,
+    width: Option<usize>,
 ) -> io::Result<()> {
-    let p = Painter { color };
+    let p = Painter { color, width };
     let c = &facts.caps;
     writeln!(
         w,
@@ -179,18 +211,15 @@ fn write_hooks(w: &mut impl Write, p: &Painter, c: &KernelCaps) -> io::Result<()
     writeln!(w, "{}", p.bold("Mechanisms"))?;
     writeln!(w, "  {:<20} {:<6} REASON", "MECHANISM", "LOADS")?;
     for m in h.support() {
-        let loads = yes_no(m.loads);
-        let styled = p.paint(
-            if m.loads {
-                Color::Green.normal()
-            } else {
-                Color::Red.normal()
-            },
-            &format!("{loads:<6}"),
-        );
+        let loads = format!("{:<6}", yes_no(m.loads));
+        let style = if m.loads {
+            Color::Green.normal()
+        } else {
+            Color::Red.normal()
+        };
         let reason = m.reason.unwrap_or_default();
-        let line = format!("  {:<20} {styled} {reason}", m.mechanism.label());
-        writeln!(w, "{}", line.trim_end())?;
+        let line = format!("  {:<20} {loads} {reason}", m.mechanism.label());
+        p.line(w, &line, 30, Some((&loads, style)))?;
     }
     Ok(())
 }
@@ -203,31 +232,31 @@ fn write_kernel(w: &mut impl Write, p: &Painter, l: &LinuxKernel) -> io::Result<
     } else {
         "absent"
     };
-    writeln!(w, "  {:<20} {btf}", "BTF")?;
+    p.field(w, "BTF", btf)?;
     let tracefs = match &l.tracefs {
         Tracefs::Mounted => "mounted".to_owned(),
         Tracefs::MountedByPortwatch => "mounted by doctor (was not mounted)".to_owned(),
         Tracefs::NotMounted { reason } => format!("not mounted ({reason})"),
     };
-    writeln!(w, "  {:<20} {tracefs}", "tracefs")?;
+    p.field(w, "tracefs", &tracefs)?;
     let ring = match &l.ring_buffer {
         Ok(true) => "supported".to_owned(),
         Ok(false) => "unsupported".to_owned(),
         Err(e) => format!("unknown ({e})"),
     };
-    writeln!(w, "  {:<20} {ring}", "BPF ring buffer")?;
+    p.field(w, "BPF ring buffer", &ring)?;
     let lockdown = match (&l.lockdown.mode, &l.lockdown.source) {
         (Some(m), Some(src)) => format!("{m} ({src})"),
         (Some(m), None) => m.clone(),
         _ => "unknown".to_owned(),
     };
-    writeln!(w, "  {:<20} {lockdown}", "lockdown")?;
+    p.field(w, "lockdown", &lockdown)?;
     let pmu = if l.kprobe_pmu {
         "present"
     } else {
         "absent (/sys/bus/event_source/devices/kprobe)"
     };
-    writeln!(w, "  {:<20} {pmu}", "kprobe PMU")?;
+    p.field(w, "kprobe PMU", pmu)?;
     if !l.config.is_empty() {
         let cfg = l
             .config
@@ -235,7 +264,7 @@ fn write_kernel(w: &mut impl Write, p: &Painter, l: &LinuxKernel) -> io::Result<
             .map(|(k, v)| format!("{}={v}", k.trim_start_matches("CONFIG_")))
             .collect::<Vec<_>>()
             .join(" ");
-        writeln!(w, "  {:<20} {cfg}", "config")?;
+        p.field(w, "config", &cfg)?;
     }
     Ok(())
 }
@@ -247,24 +276,23 @@ fn write_ports(w: &mut impl Write, p: &Painter, pc: &PortConfig) -> io::Result<(
         "{}",
         p.bold("Port configuration (this network namespace)")
     )?;
-    match pc.ephemeral_range {
-        Some(r) => writeln!(
-            w,
-            "  {:<20} {}-{} ({}, {} usable per destination)",
-            "ephemeral range",
+    let range = match pc.ephemeral_range {
+        Some(r) => format!(
+            "{}-{} ({}, {} usable per destination)",
             r.low,
             r.high,
             crate::plural(r.size(), "port", "ports"),
             pc.capacity().unwrap_or(0)
-        )?,
-        None => writeln!(w, "  {:<20} unknown", "ephemeral range")?,
-    }
+        ),
+        None => "unknown".to_owned(),
+    };
+    p.field(w, "ephemeral range", &range)?;
     let reserved = match &pc.reserved_ports {
         Some(r) if r.is_empty() => "(none)".to_owned(),
         Some(r) => format!("{r} ({})", crate::plural(r.count(), "port", "ports")),
         None => "unknown".to_owned(),
     };
-    writeln!(w, "  {:<20} {reserved}", "reserved ports")?;
+    p.field(w, "reserved ports", &reserved)?;
     let mut listening: Vec<String> = pc
         .listeners
         .iter()
@@ -277,13 +305,13 @@ fn write_ports(w: &mut impl Write, p: &Painter, pc: &PortConfig) -> io::Result<(
     } else {
         listening.join(" ")
     };
-    writeln!(w, "  {:<20} {listening}", "listening")?;
+    p.field(w, "listening", &listening)?;
     let busiest = pc
         .time_wait
         .first()
         .map(|t| format!("; busiest {} with {}", endpoint(t.daddr, t.dport), t.count))
         .unwrap_or_default();
-    writeln!(w, "  {:<20} {}{busiest}", "TIME_WAIT", pc.time_wait_total)?;
+    p.field(w, "TIME_WAIT", &format!("{}{busiest}", pc.time_wait_total))?;
     let opt = |v: Option<u64>, unit: &str| {
         v.map(|v| format!("{v}{unit}"))
             .unwrap_or_else(|| "absent".into())
@@ -298,7 +326,7 @@ fn write_ports(w: &mut impl Write, p: &Painter, pc: &PortConfig) -> io::Result<(
         ("tcp_max_tw_buckets", opt(pc.tcp_max_tw_buckets, "")),
         ("tcp_fin_timeout", opt(pc.tcp_fin_timeout, " s")),
     ] {
-        writeln!(w, "  {name:<20} {value}")?;
+        p.field(w, name, &value)?;
     }
     Ok(())
 }
@@ -307,14 +335,12 @@ fn write_findings(w: &mut impl Write, p: &Painter, findings: &[Finding]) -> io::
     writeln!(w)?;
     writeln!(w, "{}", p.bold("Findings"))?;
     for f in findings {
-        let label = p.paint(
-            severity_style(f.severity),
-            &format!("{:<8}", f.severity.label()),
-        );
+        let label = format!("{:<8}", f.severity.label());
         // Messages quote process names, which their processes chose.
-        writeln!(w, "  {label} {}", visible(&f.message))?;
+        let message = format!("  {label} {}", visible(&f.message));
+        p.line(w, &message, 11, Some((&label, severity_style(f.severity))))?;
         if let Some(fix) = &f.fix {
-            writeln!(w, "  {:<8} fix: {}", "", visible(fix))?;
+            p.line(w, &format!("  {:<8} fix: {}", "", visible(fix)), 16, None)?;
         }
     }
     Ok(())

@@ -514,7 +514,7 @@ fn text_report_has_the_tables_and_colours_only_on_request() {
     let s = snapshot();
     let fs = analyze(&s);
     let mut plain = Vec::new();
-    write_text(&mut plain, &s, &fs, false).unwrap();
+    write_text(&mut plain, &s, &fs, false, None).unwrap();
     let plain = String::from_utf8(plain).unwrap();
     assert!(!plain.contains('\x1b'));
     for needle in [
@@ -532,7 +532,7 @@ fn text_report_has_the_tables_and_colours_only_on_request() {
         assert!(plain.contains(needle), "missing {needle:?} in:\n{plain}");
     }
     let mut coloured = Vec::new();
-    write_text(&mut coloured, &s, &fs, true).unwrap();
+    write_text(&mut coloured, &s, &fs, true, None).unwrap();
     let coloured = String::from_utf8(coloured).unwrap();
     assert!(coloured.contains(
         &severity_style(Severity::Warning)
@@ -629,4 +629,45 @@ fn findings_on_the_recorded_ci_host_as_nobody() {
     assert_eq!(w[0].fix.as_deref(), Some("sudo portwatch doctor"));
     assert_eq!(about(&fs, "some sockets show no owner").len(), 1, "{fs:#?}");
     assert!(about(&fs, "owner unknown").len() >= 2, "{fs:#?}");
+}
+
+#[test]
+fn text_fits_a_terminal_and_keeps_full_lines_when_piped() {
+    let facts = recorded("root");
+    let fs = analyze(&facts);
+    let mut piped = Vec::new();
+    write_text(&mut piped, &facts, &fs, false, None).unwrap();
+    let piped = String::from_utf8(piped).unwrap();
+    assert!(
+        piped.lines().any(|l| l.chars().count() > 200),
+        "findings whole when piped:\n{piped}"
+    );
+    for width in [80, 100] {
+        let mut out = Vec::new();
+        write_text(&mut out, &facts, &fs, true, Some(width)).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let plain = |l: &str| {
+            // The width on screen: without the colours' escape sequences.
+            let mut n = 0;
+            let mut esc = false;
+            for c in l.chars() {
+                match (esc, c) {
+                    (false, '\x1b') => esc = true,
+                    (true, 'm') => esc = false,
+                    (true, _) => {}
+                    (false, _) => n += 1,
+                }
+            }
+            n
+        };
+        for l in out.lines() {
+            assert!(plain(l) <= width, "{width}: {l:?}");
+        }
+        // A wrapped finding continues under its message, its fix under "fix:".
+        assert!(out.contains("\n           "), "{out}");
+        assert!(
+            out.contains("fix: portwatch reserve 40050 40060 --persist"),
+            "{out}"
+        );
+    }
 }
