@@ -13,6 +13,51 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The command line, with the checks clap cannot make alone (how many
+    /// `--port` values the kernel can hold); a bad value exits 2 with a
+    /// message saying what is allowed, as clap's own errors do.
+    pub fn parse_checked() -> Cli {
+        let cli = Cli::parse();
+        if let Err(e) = cli.check() {
+            e.exit()
+        }
+        cli
+    }
+
+    /// [`Cli::parse_checked`] without exiting (tests, fuzzing).
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        cli.check()?;
+        Ok(cli)
+    }
+
+    fn check(&self) -> Result<(), clap::Error> {
+        use clap::CommandFactory as _;
+        if let Command::Trace(t) = &self.command {
+            let distinct = t.ports.iter().collect::<std::collections::BTreeSet<_>>();
+            if distinct.len() > MAX_PORTS {
+                return Err(Cli::command().error(
+                    clap::error::ErrorKind::TooManyValues,
+                    format!(
+                        "--port was given {} different ports; the kernel's port filter holds at most {MAX_PORTS}: trace without --port and select ports from the --json output instead",
+                        distinct.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The most distinct `trace --port` values: the kernel's PORT_FILTER map
+/// holds 256 (portwatch-ebpf/src/common.rs).
+pub const MAX_PORTS: usize = 256;
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream TCP state changes and bind()/connect() outcomes, attributed to
@@ -135,16 +180,17 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 
     /// Processes and destinations that get series of their own, per metric.
-    #[arg(long, value_name = "K", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, value_name = "K", default_value_t = 20, value_parser = parse_top_k)]
     pub top_k: u64,
 
-    /// Seconds between socket-table censuses (pools, TIME_WAIT exits).
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    /// Seconds between socket-table censuses (pools, TIME_WAIT exits),
+    /// 0.1 to 3600.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
     pub interval: std::time::Duration,
 
     /// Only sockets of this network namespace (a container's): its inode,
     /// a pid in it, or a path such as /run/netns/NAME. Filtered in the kernel.
-    #[arg(long, value_name = "NETNS")]
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
     pub netns: Option<String>,
 }
 
@@ -174,13 +220,13 @@ pub struct TopArgs {
     #[arg(long, requires = "once")]
     pub json: bool,
 
-    /// Seconds between refreshes (and socket-table censuses).
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    /// Seconds between refreshes (and socket-table censuses), 0.1 to 3600.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
     pub interval: std::time::Duration,
 
     /// Only sockets of this network namespace (a container's): its inode,
     /// a pid in it, or a path such as /run/netns/NAME. Filtered in the kernel.
-    #[arg(long, value_name = "NETNS")]
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
     pub netns: Option<String>,
 }
 
@@ -198,7 +244,7 @@ pub struct ExplainArgs {
 
     /// The port to look at when the message names none (a Python traceback
     /// rarely does), or instead of the one it names.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
     pub port: Option<u16>,
 
     /// Explain the message only; do not look at this machine (for a message
@@ -262,28 +308,28 @@ pub struct HistoryArgs {
     pub journal: PathBuf,
 
     /// Only records with this port at either end (repeatable).
-    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
     pub ports: Vec<u16>,
 
     /// Only records of this process.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = parse_pid)]
     pub pid: Option<u32>,
 
     /// Only records of processes with this command name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
     pub comm: Option<String>,
 
     /// Only this boot: 0 = the current one, -1 = the one before, or a boot id
     /// (or its prefix) from --list-boots.
-    #[arg(long, value_name = "BOOT", allow_hyphen_values = true)]
+    #[arg(long, value_name = "BOOT", allow_hyphen_values = true, value_parser = parse_boot)]
     pub boot: Option<String>,
 
     /// Only records at or after this time: RFC 3339 or a duration ago (15m, 2h, 3d).
-    #[arg(long, value_name = "WHEN")]
+    #[arg(long, value_name = "WHEN", value_parser = parse_when_arg)]
     pub since: Option<String>,
 
     /// Only records at or before this time: RFC 3339 or a duration ago.
-    #[arg(long, value_name = "WHEN")]
+    #[arg(long, value_name = "WHEN", value_parser = parse_when_arg)]
     pub until: Option<String>,
 
     /// Print only the first record that took the --port given (by bind,
@@ -313,12 +359,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
         _ => (s, 1),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 64M"))?;
-    n.checked_mul(mult)
-        .filter(|v| *v >= 1 << 20)
-        .ok_or_else(|| format!("journal size {s} must be at least 1M"))
+    let n: u64 = num.parse().map_err(|_| {
+        format!("`{s}` is not a size: give a whole number with K, M or G, like 64M")
+    })?;
+    let bytes = n.checked_mul(mult).ok_or_else(|| {
+        format!(
+            "journal size {s} is more than a disk holds; give at most {}G",
+            u64::MAX >> 30
+        )
+    })?;
+    if bytes < 1 << 20 {
+        return Err(format!("journal size {s} must be at least 1M, like 64M"));
+    }
+    Ok(bytes)
 }
 
 #[derive(Debug, Args)]
@@ -344,7 +397,8 @@ pub struct InstallServiceArgs {
         long,
         value_name = "DIR",
         default_value = "/etc/systemd/system",
-        hide = true
+        hide = true,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     pub unit_dir: String,
 }
@@ -353,7 +407,7 @@ pub struct InstallServiceArgs {
 pub struct WhoArgs {
     /// The local port to look up; without it, every socket the other
     /// options select.
-    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(value_parser = parse_port)]
     pub port: Option<u16>,
 
     /// Only sockets whose remote end is this: ADDR, ADDR:PORT, [IPv6]:PORT
@@ -382,14 +436,14 @@ pub struct WhoArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// The recorder's journal, to name who created sockets that have no
-    /// owner any more (TIME_WAIT, orphans). Skipped if absent.
     /// Look in this network namespace (a container's) instead of this one:
     /// a pid in it, its inode (`ls -iL /proc/PID/ns/net`), or a path such as
     /// /run/netns/NAME. No nsenter needed.
-    #[arg(long, value_name = "NETNS")]
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
     pub netns: Option<String>,
 
+    /// The recorder's journal, to name who created sockets that have no
+    /// owner any more (TIME_WAIT, orphans). Skipped if absent.
     #[arg(long, value_name = "DIR", default_value = crate::journal::DEFAULT_DIR)]
     pub journal: PathBuf,
 }
@@ -421,7 +475,7 @@ pub struct DoctorArgs {
     /// Check the port configuration of this network namespace (a
     /// container's) instead of this one: a pid in it, its inode, or a path
     /// such as /run/netns/NAME.
-    #[arg(long, value_name = "NETNS")]
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
     pub netns: Option<String>,
 }
 
@@ -466,21 +520,21 @@ pub struct TraceArgs {
     pub json: bool,
 
     /// Only sockets with this port at either end (repeatable). Filtered in the kernel.
-    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
     pub ports: Vec<u16>,
 
     /// Only events of this process (its tgid). Filtered in the kernel.
-    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "PID", value_parser = parse_pid)]
     pub pid: Option<u32>,
 
     /// Only events of processes with this command name (as in /proc/PID/comm).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
     pub comm: Option<String>,
 
     /// Only sockets of this network namespace (a container's): its inode
     /// (`ls -iL /proc/PID/ns/net`), a pid in it, or a path such as
     /// /run/netns/NAME. Filtered in the kernel.
-    #[arg(long, value_name = "NETNS")]
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
     pub netns: Option<String>,
 
     /// Print only failed bind() and connect() calls (and lost events); the
@@ -511,7 +565,7 @@ pub struct TraceArgs {
 
     /// Delay the reader's first drain by this many milliseconds (testing aid
     /// for the lost-event accounting).
-    #[arg(long, hide = true, value_name = "MS")]
+    #[arg(long, hide = true, value_name = "MS", value_parser = parse_stall_ms)]
     pub stall_reader_ms: Option<u64>,
 
     /// Hold the reader back until this file exists (testing aid: processes
@@ -521,9 +575,9 @@ pub struct TraceArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let secs: f64 = s.parse().map_err(|_| {
+        format!("`{s}` is not a number of seconds: give a positive number, like 30 or 1.5")
+    })?;
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!(
             "duration must be a positive number of seconds, not {s}"
@@ -537,16 +591,110 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     })
 }
 
+/// The largest `--ring-bytes`: the kernel maps the ring twice, and more
+/// than this is memory no trace needs.
+const MAX_RING_BYTES: u32 = 1 << 28;
+
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a byte count"))?;
-    if n < 4096 || !n.is_power_of_two() {
+    let n: u32 = s.parse().map_err(|_| {
+        format!("`{s}` is not a byte count: give a power of two from 4096 to {MAX_RING_BYTES}")
+    })?;
+    if !(4096..=MAX_RING_BYTES).contains(&n) || !n.is_power_of_two() {
         return Err(format!(
-            "ring size must be a power of two of at least 4096 bytes, not {n}"
+            "ring size must be a power of two from 4096 to {MAX_RING_BYTES} bytes, not {n}"
         ));
     }
     Ok(n)
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!(
+            "`{s}` is not a port: give a number from 1 to 65535"
+        )),
+    }
+}
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!(
+            "`{s}` is not a process id: give a number from 1 to {}",
+            u32::MAX
+        )),
+    }
+}
+
+fn parse_stall_ms(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= 600_000)
+        .ok_or_else(|| format!("`{s}` is not a delay: give milliseconds in 0..=600000"))
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("give a command name as /proc/PID/comm shows it, not an empty string".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// `--top-k`: 1..=1000 series per metric.
+fn parse_top_k(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|k| (1..=1000).contains(k))
+        .ok_or_else(|| format!("`{s}` is not a number of series: give 1..=1000"))
+}
+
+/// `--interval`: a period a timer can keep, neither a busy loop nor one
+/// nobody would wait for.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if !(0.1..=3600.0).contains(&d.as_secs_f64()) {
+        return Err(format!("the interval must be 0.1 to 3600 seconds, not {s}"));
+    }
+    Ok(d)
+}
+
+fn parse_netns(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err(
+            "give a namespace inode (ls -iL /proc/PID/ns/net), a pid in it, or a path such as /run/netns/NAME"
+                .into(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
+/// `--boot`: 0 or a negative offset, or a boot id or its prefix (letters,
+/// digits and dashes, as --list-boots shows them).
+fn parse_boot(s: &str) -> Result<String, String> {
+    const ALLOWED: &str =
+        "use 0 for this boot, -1 for the one before, and so on, or a boot id (or its prefix) from --list-boots";
+    if let Ok(n) = s.parse::<i64>() {
+        return if n <= 0 {
+            Ok(s.to_owned())
+        } else {
+            Err(format!("{n} is in the future: {ALLOWED}"))
+        };
+    }
+    let id_like = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_alphanumeric());
+    if id_like {
+        Ok(s.to_owned())
+    } else {
+        Err(ALLOWED.to_owned())
+    }
+}
+
+/// `--since`/`--until`: checked here, so that a bad one exits 2 like every
+/// other bad value; `history` converts it again against its own clock.
+fn parse_when_arg(s: &str) -> Result<String, String> {
+    crate::timefmt::parse_when(s, crate::timefmt::now_ns()).map(|_| s.to_owned())
 }
 
 #[cfg(test)]

@@ -81,6 +81,44 @@ pub struct Record {
     /// CLOCK_BOOTTIME in ns (see [`mono_ns`]); only comparable within one boot.
     pub mono_ns: u64,
     pub event: Event,
+    /// Set on what the recorder says about itself rather than an event the
+    /// kernel reported (its start, stop, start-up snapshot, deletions):
+    /// what a reader needs to know what the journal cannot have seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<Mark>,
+}
+
+impl Record {
+    /// An event as the kernel reported it.
+    pub fn event(boot_id: String, mono_ns: u64, event: Event) -> Self {
+        Record {
+            boot_id,
+            mono_ns,
+            event,
+            mark: None,
+        }
+    }
+}
+
+/// What a marker record says; its event carries the time (and, for
+/// [`Mark::Existing`], the socket and its owner).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Mark {
+    /// The recorder attached at this time: nothing earlier in this boot,
+    /// or since it last stopped, was recorded.
+    Started,
+    /// A socket that already existed when the recorder started, from its
+    /// start-up snapshot: its ends and state, and its owner where known.
+    Existing,
+    /// The start-up snapshot is missing or partial (why): ports already
+    /// taken then may be missing from the [`Mark::Existing`] records.
+    SnapshotIncomplete { why: String },
+    /// The recorder stopped cleanly (a crash leaves no such record).
+    Stopped,
+    /// This many of the oldest segments were deleted to stay under the
+    /// size cap: what they held is gone.
+    Deleted { segments: u64 },
 }
 
 /// When the writer forces data to stable storage. A kill -9 loses nothing
@@ -429,6 +467,9 @@ pub struct JournalWriter {
     unsynced: bool,
     last_sync: Instant,
     buf: Vec<u8>,
+    /// Segments deleted for space and not yet reported by
+    /// [`JournalWriter::take_deleted`].
+    deleted: u64,
 }
 
 impl JournalWriter {
@@ -491,6 +532,7 @@ impl JournalWriter {
             unsynced: false,
             last_sync: Instant::now(),
             buf: Vec::new(),
+            deleted: 0,
         };
         w.make_room(0)?;
         Ok(w)
@@ -535,6 +577,12 @@ impl JournalWriter {
             FsyncPolicy::Interval(_) => self.sync_if_due(),
             FsyncPolicy::Never => Ok(()),
         }
+    }
+
+    /// How many of the oldest segments were deleted for space since the
+    /// last call: the recorder journals it, so that readers know what is gone.
+    pub fn take_deleted(&mut self) -> u64 {
+        std::mem::take(&mut self.deleted)
     }
 
     /// Forces what was appended to stable storage, whatever the policy.
@@ -601,6 +649,7 @@ impl JournalWriter {
                 }
             }
             self.closed_bytes -= size;
+            self.deleted += 1;
             deleted = true;
         }
         if deleted && self.cfg.fsync != FsyncPolicy::Never {
@@ -863,11 +912,7 @@ mod tests {
             }));
         }
         event.cmdline = Some(format!("/usr/sbin/nginx -g {}", "x".repeat(pad)).into());
-        Record {
-            boot_id: "0b4c3f2e-1111-4222-8333-944445555666".to_owned(),
-            mono_ns: i,
-            event,
-        }
+        Record::event("0b4c3f2e-1111-4222-8333-944445555666".to_owned(), i, event)
     }
 
     fn small(segment_bytes: u64, max_total_bytes: u64) -> JournalConfig {
@@ -969,8 +1014,10 @@ mod tests {
         let (seg, cap) = (4096, 16384);
         let mut w = JournalWriter::open(dir, small(seg, cap)).unwrap();
         let n = 300;
+        let mut deleted = 0;
         for i in 0..n {
             w.append(&sample(i, (i as usize * 13) % 400)).unwrap();
+            deleted += w.take_deleted();
             let sizes: Vec<u64> = segments(dir)
                 .iter()
                 .map(|p| fs::metadata(p).unwrap().len())
@@ -978,6 +1025,14 @@ mod tests {
             assert!(sizes.iter().sum::<u64>() <= cap, "over cap: {sizes:?}");
             assert!(sizes.iter().all(|s| *s <= seg), "oversized: {sizes:?}");
         }
+        // Every deletion is reported once, for the recorder to journal.
+        let kept = segments(dir).len() as u64;
+        let created = parse_segment_name(&w.segment_path().file_name().unwrap().to_string_lossy())
+            .unwrap()
+            .0;
+        assert_eq!(deleted, created - kept);
+        assert!(deleted > 0);
+        assert_eq!(w.take_deleted(), 0);
         drop(w);
         assert!(segments(dir).len() >= 3);
         let out = read_dir(dir).unwrap();

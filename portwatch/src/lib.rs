@@ -44,6 +44,8 @@ pub fn plural(n: impl Into<u64>, one: &str, many: &str) -> String {
 }
 
 #[cfg(target_os = "linux")]
+pub mod privilege;
+#[cfg(target_os = "linux")]
 pub mod procfd;
 #[cfg(target_os = "linux")]
 pub mod sockdiag;

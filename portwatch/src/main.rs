@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use portwatch::cli::{Cli, Command};
 
 fn main() -> ExitCode {
@@ -14,7 +13,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     // One thread: the ring reader and the pipeline hand batches to each
     // other without waking a second thread (and freeing across threads) for
     // every batch; on a busy machine that thread's CPU is the workload's loss.

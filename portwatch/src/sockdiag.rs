@@ -33,6 +33,11 @@ const INET_DIAG_NOCOOKIE: [u8; 8] = [0xff; 8];
 /// Initial receive buffer; grown on demand if the kernel sends more.
 const RECV_BUF_LEN: usize = 64 * 1024;
 
+/// How long a receive waits for the kernel's answer (SO_RCVTIMEO). Replies
+/// come at once or never (one dropped from a full receive buffer): a lost
+/// one must not stall the event thread.
+pub const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Errors from talking to the kernel's socket-diagnostics interface.
 #[derive(Debug, thiserror::Error)]
 pub enum SockDiagError {
@@ -57,6 +62,12 @@ pub enum SockDiagError {
         #[source]
         source: io::Error,
     },
+    /// No answer came within [`RECV_TIMEOUT`].
+    #[error(
+        "the kernel did not answer a sock_diag request within {} s (a reply was dropped, or the machine is overloaded); the lookup is skipped and the next one uses a fresh socket",
+        .0.as_secs()
+    )]
+    Timeout(std::time::Duration),
     /// The kernel's answer could not be decoded (protocol mismatch or crate bug).
     #[error("malformed sock_diag reply: {0}; please report this together with `uname -r`")]
     Netlink(String),
@@ -398,7 +409,7 @@ impl SockDiag {
                 }
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(timeout_or(e)),
             }
         }
     }
@@ -415,7 +426,7 @@ impl SockDiag {
             {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(timeout_or(e)),
             };
             if size > self.buf.capacity() {
                 self.buf.reserve(size);
@@ -425,7 +436,7 @@ impl SockDiag {
             match self.sock.recv(&mut self.buf, 0) {
                 Ok(n) => return Ok(n.min(self.buf.len())),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(timeout_or(e)),
             }
         }
     }
@@ -478,8 +489,40 @@ fn open_socket_in(netns: Option<&std::os::fd::OwnedFd>) -> io::Result<Socket> {
     })
 }
 
+/// A receive that ran into SO_RCVTIMEO says so; other errors are I/O.
+fn timeout_or(e: io::Error) -> SockDiagError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => SockDiagError::Timeout(RECV_TIMEOUT),
+        _ => SockDiagError::Io(e),
+    }
+}
+
+fn set_recv_timeout(sock: &Socket, d: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(d.subsec_micros()),
+    };
+    // SAFETY: a live socket fd, and a timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn open_socket() -> io::Result<Socket> {
     let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
+    set_recv_timeout(&sock, RECV_TIMEOUT)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
     Ok(sock)
@@ -614,6 +657,21 @@ mod tests {
             .iter()
             .filter(|e| e.proto == proto && e.saddr == local.ip() && e.sport == local.port())
             .collect()
+    }
+
+    /// A request whose answer never comes (here: none was sent) ends in a
+    /// timeout, not a hang of the thread that asked.
+    #[test]
+    fn a_missing_answer_times_out() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut d = SockDiag::new().expect("sock_diag socket");
+            let _ = tx.send(d.recv_datagram().map(|_| ()));
+        });
+        let got = rx
+            .recv_timeout(RECV_TIMEOUT * 5)
+            .expect("the receive must give up within its timeout");
+        assert!(matches!(got, Err(SockDiagError::Timeout(_))), "{got:?}");
     }
 
     #[test]

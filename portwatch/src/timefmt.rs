@@ -193,8 +193,20 @@ pub fn parse_when(s: &str, now: i128) -> Result<i128, String> {
         "d" => 86400,
         _ => return Err(format!("unknown unit `{unit}` in `{s}`: use s, m, h or d")),
     } * 1_000_000_000;
-    Ok(now - n * unit_ns)
+    // Only times a date can show: a year from -9999 to 9999.
+    n.checked_mul(unit_ns)
+        .and_then(|ago| now.checked_sub(ago))
+        .filter(|t| OffsetDateTime::from_unix_timestamp_nanos(*t).is_ok())
+        .ok_or_else(|| {
+            format!(
+                "`{s}` reaches back before the year -9999; give at most {} days",
+                (now - MIN_DATE_NS) / (86400 * 1_000_000_000)
+            )
+        })
 }
+
+/// The earliest time `time` can show: -9999-01-01T00:00:00Z.
+const MIN_DATE_NS: i128 = -377_705_116_800 * 1_000_000_000;
 
 #[cfg(test)]
 mod when_tests {
@@ -207,6 +219,21 @@ mod when_tests {
         assert_eq!(parse_when("2h ago", now), Ok(now - 7200 * 1_000_000_000));
         assert_eq!(parse_when("1970-01-01T00:00:01Z", now), Ok(1_000_000_000));
         assert!(parse_when("yesterday", now).is_err());
+        // Too far back for any date, or for the arithmetic: said, not a panic.
+        for huge in [
+            "99999999999999999999d",
+            "99999999999999999999999999999999999999d",
+            "999999999999999999999999999999999999d",
+            "400000000d",
+        ] {
+            let e = parse_when(huge, now).unwrap_err();
+            assert!(e.contains("give at most"), "{huge}: {e}");
+        }
+        assert!(parse_when("3650000d", now).is_ok());
+        assert_eq!(
+            OffsetDateTime::from_unix_timestamp_nanos(MIN_DATE_NS).map(|t| t.year()),
+            Ok(-9999)
+        );
         assert!(parse_when("5w", now).is_err());
     }
 }

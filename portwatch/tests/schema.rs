@@ -172,11 +172,7 @@ fn who() -> Value {
     created.dport = Some(50000);
     portwatch::cmd::who::add_creators(
         &mut report,
-        &[portwatch::journal::Record {
-            boot_id: "b".into(),
-            mono_ns: 1,
-            event: created,
-        }],
+        &[portwatch::journal::Record::event("b".into(), 1, created)],
         "b",
     );
     report.counts = Some(portwatch::cmd::who::counts(&report.sockets));

@@ -1,10 +1,11 @@
-//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|package|bench|vm-test>`.
+//! Developer tasks for portwatch: `cargo xtask <setup|build|run|test|clippy|package|bench|fuzz|vm-test>`.
 //!
 //! Every task except `setup` runs `setup` first, then puts the cached
 //! bpf-linker (`target/tools/bpf-linker/bin`) at the front of PATH for the
 //! cargo processes it starts; aya-build finds the linker through PATH.
 
 mod bench;
+mod fuzz;
 mod package;
 mod setup;
 mod tasks;
@@ -78,10 +79,16 @@ enum Task {
     /// throughput under no tracer, portwatch trace, aggregate-only and
     /// bpftrace, the syscall tax, pipeline capacity and in-kernel cost.
     Bench(bench::BenchArgs),
-    /// Kernel tests inside qemu guests booting stock Debian kernels (6.1 and
-    /// 6.12 by default), once as portwatch chooses hooks and once with
-    /// fexit/fentry disabled so the kprobe variants run. Needs root, qemu,
-    /// and apt access to Debian's archive; kernels are cached in target/vm.
+    /// Run each cargo-fuzz target (portwatch/fuzz) for a while and report
+    /// the inputs run and the crashes per target; exits 1 if one crashed.
+    /// Needs the nightly toolchain; installs cargo-fuzz when missing.
+    Fuzz(fuzz::FuzzArgs),
+    /// Kernel tests inside qemu guests booting stock Debian kernels (5.10,
+    /// 6.1 and 6.12 by default), once as portwatch chooses hooks and once
+    /// with fexit/fentry disabled so the kprobe variants run; then the last
+    /// kernel boots systemd as PID 1 with the hardened recorder unit (the
+    /// boot test; `--hooks boot` runs only that). Needs root, qemu, and apt
+    /// access to Debian's archive; kernels are cached in target/vm.
     VmTest {
         /// Kernel to boot: a series (`6.1`, `6.12`) or an exact Debian
         /// release (`6.1.0-56`, `6.12.117+deb12`). Repeatable.
@@ -132,6 +139,13 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
         Task::Package { test: false } => package::package(&ctx).map(|_| ExitCode::SUCCESS),
         Task::Package { test: true } => package::test(&ctx).map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::bench(&ctx, args).map(|()| ExitCode::SUCCESS),
+        Task::Fuzz(args) => fuzz::fuzz(&ctx, &args).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         Task::VmTest {
             kernels,
             hooks,
@@ -145,6 +159,7 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
                 } else {
                     kernels
                 },
+                boot_last: hooks.is_empty(),
                 hooks: if hooks.is_empty() {
                     vec![vm::Hooks::Auto, vm::Hooks::Kprobe]
                 } else {

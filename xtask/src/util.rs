@@ -62,6 +62,20 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// `program ARGS` in `dir` with the tools PATH (for cargo through
+    /// rustup, e.g. `rustup run nightly cargo fuzz`).
+    pub fn tool<I, S>(&self, program: &str, dir: &Path, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(program);
+        cmd.args(args).current_dir(dir).env("PATH", &self.path);
+        cmd
+    }
+}
+
 /// PATH with `dir` in front.
 pub fn path_with(dir: &Path) -> Result<OsString> {
     let old = env::var_os("PATH").unwrap_or_default();

@@ -104,6 +104,13 @@ pub struct ProcessInfo {
 
 pub trait ProcessLookup {
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo>;
+    /// When the process holding `pid` now started (CLOCK_BOOTTIME ns, to
+    /// the kernel's clock tick; None when it cannot tell), so that an
+    /// identity is never given to an event of an earlier process that had
+    /// the same pid.
+    fn start_ns(&mut self, _pid: u32) -> Option<u64> {
+        None
+    }
     /// The path of a cgroup v2 id, for processes that are gone by the time
     /// their event is read; asked for every such event, so shared, not
     /// copied.
@@ -456,8 +463,11 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
     }
 
     /// What /proc says about the event's process, read once per process.
+    /// An event the kernel stamped (`boot_ns`) gets an identity only from a
+    /// process that started no later than the event.
     fn info(&mut self, ev: &Event) -> Option<&procs::Shared> {
-        self.procs.get(&mut self.processes, ev.pid?, &ev.comm)
+        self.procs
+            .get(&mut self.processes, ev.pid?, &ev.comm, ev.boot_ns)
     }
 
     /// The socket's namespace: from the kernel when it could read it, else

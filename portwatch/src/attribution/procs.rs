@@ -1,6 +1,10 @@
 //! What /proc says about each process, read once per process and shared
 //! by all its events: the command line and cgroup are counted references,
 //! so enriching an event allocates nothing.
+//!
+//! Keyed by pid plus start time: a pid can be reused, and an event of a
+//! process that is gone must never get the identity of the process that
+//! holds its pid now.
 
 use std::collections::hash_map::{Entry, HashMap};
 
@@ -29,36 +33,83 @@ impl From<ProcessInfo> for Shared {
     }
 }
 
+/// What was read about the process holding a pid, and how long it is known
+/// to have held it.
+struct Cached {
+    /// The command name it was read under.
+    comm: Option<SmolStr>,
+    /// When it started (CLOCK_BOOTTIME ns); None where the lookup cannot tell.
+    start_ns: Option<u64>,
+    /// CLOCK_BOOTTIME until which the pid was seen to be this process.
+    confirmed_ns: u64,
+    info: Option<Shared>,
+}
+
 #[derive(Default)]
 pub struct Procs {
-    /// By pid: the command name it was read under, and what was read.
-    by_pid: HashMap<u32, (Option<SmolStr>, Option<Shared>), foldhash::fast::RandomState>,
+    by_pid: HashMap<u32, Cached, foldhash::fast::RandomState>,
 }
 
 impl Procs {
-    /// What `lookup` says about `pid`, asked once per process. A pid can
-    /// be reused: the entry is valid only for the same `comm`.
+    /// What `lookup` says about the process that had `pid` at `at` (the
+    /// event's CLOCK_BOOTTIME stamp; 0 when unknown), asked once per
+    /// process. None when the process holding the pid now started after
+    /// the event: the event's process is gone.
     pub fn get<P: ProcessLookup>(
         &mut self,
         lookup: &mut P,
         pid: u32,
         comm: &Option<SmolStr>,
+        at: u64,
     ) -> Option<&Shared> {
-        if self.by_pid.len() >= MAX_PROCS && self.by_pid.get(&pid).is_none_or(|(c, _)| c != comm) {
+        if self.by_pid.len() >= MAX_PROCS && self.by_pid.get(&pid).is_none_or(|c| c.comm != *comm) {
             self.by_pid.clear();
         }
-        let mut read = || (comm.clone(), lookup.lookup(pid).map(Shared::from));
+        let read = |lookup: &mut P| {
+            // The start time on both sides of the reads: a process that
+            // exited (and whose pid was reused) meanwhile is not mixed in.
+            let before = lookup.start_ns(pid);
+            let info = lookup.lookup(pid);
+            let start_ns = lookup.start_ns(pid);
+            Cached {
+                comm: comm.clone(),
+                start_ns,
+                confirmed_ns: crate::journal::mono_ns(),
+                info: info.filter(|_| before == start_ns).map(Shared::from),
+            }
+        };
         // One table lookup for the common case, a process already read.
         let entry = match self.by_pid.entry(pid) {
             Entry::Occupied(o) => {
-                let e = o.into_mut();
-                if e.0 != *comm {
-                    *e = read();
+                let c = o.into_mut();
+                let fresh = match c.start_ns {
+                    _ if c.comm != *comm => true,
+                    // Nothing to compare with: the command name must do.
+                    None => false,
+                    _ if at == 0 || at <= c.confirmed_ns => false,
+                    // Started after the event: its pid belonged to another
+                    // process then, which is gone.
+                    Some(start) if start > at => return None,
+                    Some(start) => {
+                        // Still the same process? Then it held the pid at `at`.
+                        if lookup.start_ns(pid) == Some(start) {
+                            c.confirmed_ns = crate::journal::mono_ns();
+                            false
+                        } else {
+                            true
+                        }
+                    }
+                };
+                if fresh {
+                    *c = read(lookup);
                 }
-                e
+                c
             }
-            Entry::Vacant(v) => v.insert(read()),
+            Entry::Vacant(v) => v.insert(read(lookup)),
         };
-        entry.1.as_ref()
+        if at != 0 && entry.start_ns.is_some_and(|start| start > at) {
+            return None;
+        }
+        entry.info.as_ref()
     }
 }

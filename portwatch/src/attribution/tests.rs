@@ -758,3 +758,48 @@ fn connect_outcomes_are_inferred_from_the_state_tracepoint() {
         "{out:#?}"
     );
 }
+
+/// Processes as /proc shows them now: pid -> (start, command line).
+struct ReusedPids(Map<u32, (u64, &'static str)>, usize);
+
+impl ProcessLookup for ReusedPids {
+    fn lookup(&mut self, pid: u32) -> Option<ProcessInfo> {
+        self.1 += 1;
+        self.0.get(&pid).map(|(_, cmd)| ProcessInfo {
+            cmdline: Some((*cmd).into()),
+            ..ProcessInfo::default()
+        })
+    }
+    fn start_ns(&mut self, pid: u32) -> Option<u64> {
+        self.0.get(&pid).map(|(start, _)| *start)
+    }
+}
+
+#[test]
+fn a_reused_pid_never_lends_its_identity_to_an_earlier_process() {
+    const S: u64 = 1_000_000_000;
+    // Pid 300 now belongs to a process that started at 50 s, with the same
+    // command name as the one that had pid 300 before it.
+    let procs = ReusedPids([(300, (50 * S, "/usr/bin/newcomer"))].into(), 0);
+    let mut a = Attributor::new(FakeSockets::default(), procs);
+    let at = |boot_s: u64, sport: u16| {
+        let mut ev = state(300, TcpState::SynSent, TcpState::Established, sport, 80);
+        ev.boot_ns = boot_s * S;
+        ev.attribution = Attribution::Current;
+        msg(ev)
+    };
+    // An event of the earlier process (at 40 s), read only now.
+    let old = a.process(at(40, 40001));
+    assert_eq!(old.last().and_then(|e| e.cmdline.as_deref()), None);
+    // The newcomer's own event gets its identity.
+    let new = a.process(at(60, 40002));
+    assert_eq!(
+        new.last().and_then(|e| e.cmdline.as_deref()),
+        Some("/usr/bin/newcomer")
+    );
+    // Another late event of the earlier process: still none, from the cache.
+    let lookups = a.processes.1;
+    let old = a.process(at(41, 40003));
+    assert_eq!(old.last().and_then(|e| e.cmdline.as_deref()), None);
+    assert_eq!(a.processes.1, lookups, "answered from the cache");
+}

@@ -7,10 +7,9 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use crate::cli::HistoryArgs;
-use crate::escape::visible;
 use crate::journal::{self, Record};
 use crate::model::{Event, EventKind, TcpState};
-use crate::output::{one_line, Sink, TextSink};
+use crate::output::{Sink, TextSink};
 use crate::timefmt::{date_ms_marked, now_ns, parse_when, Zone};
 
 /// One boot in the journal, oldest first.
@@ -134,7 +133,7 @@ pub fn first_taker(records: &[&Record], port: u16) -> Option<(Record, How)> {
     Some((first.clone(), how))
 }
 
-fn record_json(r: &Record, how: Option<&How>) -> anyhow::Result<String> {
+pub(super) fn record_json(r: &Record, how: Option<&How>) -> anyhow::Result<String> {
     let mut v = serde_json::to_value(&r.event)?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("boot_id".into(), r.boot_id.clone().into());
@@ -224,9 +223,24 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
         comm: super::comm_filter(args.comm.as_deref()),
         errors_only: false,
     };
+    // What the recorder says about itself (its start, stop, start-up
+    // snapshot) is not an event: --first reads it (see first.rs).
+    let in_window = |r: &&Record| {
+        boot.as_deref().is_none_or(|b| r.boot_id == b)
+            && since.is_none_or(|s| r.event.time >= s)
+            && until.is_none_or(|u| r.event.time <= u)
+            && filter.selects(&r.event)
+    };
+    let existing: Vec<&Record> = outcome
+        .records
+        .iter()
+        .filter(|r| r.mark == Some(journal::Mark::Existing))
+        .filter(in_window)
+        .collect();
     let mut selected: Vec<&Record> = outcome
         .records
         .iter()
+        .filter(|r| r.mark.is_none())
         .filter(|r| boot.as_deref().is_none_or(|b| r.boot_id == b))
         .filter(|r| since.is_none_or(|s| r.event.time >= s))
         .filter(|r| until.is_none_or(|u| r.event.time <= u))
@@ -239,45 +253,20 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
         let [port] = args.ports.as_slice() else {
             bail!("--first needs exactly one --port: which port's first taker to find");
         };
-        match first_taker(&selected, *port) {
-            Some((r, how)) => {
-                if args.json {
-                    writeln!(out, "{}", record_json(&r, Some(&how))?)?;
-                } else {
-                    let e = &r.event;
-                    let what = match how {
-                        How::Listen => format!("listen on {}", endpoint(e)),
-                        How::Bind => format!("bind to {}", endpoint(e)),
-                        How::Ephemeral => format!(
-                            "ephemeral port of an outgoing connection to {}",
-                            e.daddr.map_or("?".to_owned(), |a| format!(
-                                "{a}:{}",
-                                e.dport.unwrap_or(0)
-                            ))
-                        ),
-                    };
-                    writeln!(
-                        out,
-                        "port {port} was first taken at {} (boot {}) by pid {} ({}{}): {what}",
-                        date_ms_marked(e.time, zone),
-                        &r.boot_id,
-                        e.pid.map_or("?".to_owned(), |p| p.to_string()),
-                        // A process names itself: escape what it chose.
-                        e.comm.as_deref().map_or("?".into(), visible),
-                        e.cmdline.as_deref().map_or(String::new(), |c| format!(
-                            ": {}",
-                            visible(&one_line(c, 100))
-                        )),
-                    )?;
-                }
-            }
-            None => {
-                out.flush()?;
-                bail!(
-                    "the journal has no record of port {port} being taken{}",
-                    if boot.is_some() { " in that boot" } else { "" }
-                );
-            }
+        let window = super::first::Window {
+            boot: boot.as_deref(),
+            since,
+            upto: until.unwrap_or(now),
+        };
+        let all = &outcome.records;
+        if !super::first::print(
+            &mut out, all, &selected, &existing, *port, window, &boot_rank, args.json, zone,
+        )? {
+            out.flush()?;
+            bail!(
+                "the journal has no record of port {port} being taken{}",
+                if boot.is_some() { " in that boot" } else { "" }
+            );
         }
         out.flush()?;
         return Ok(());
@@ -301,7 +290,7 @@ pub fn answer(args: &HistoryArgs, outcome: journal::ReadOutcome) -> anyhow::Resu
     Ok(())
 }
 
-fn endpoint(e: &Event) -> String {
+pub(super) fn endpoint(e: &Event) -> String {
     match (e.saddr, e.sport) {
         (Some(std::net::IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
         (Some(a), Some(p)) => format!("{a}:{p}"),

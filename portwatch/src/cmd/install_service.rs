@@ -26,6 +26,9 @@ pub fn render_unit(exe: &Path, journal: &Path) -> String {
                 )
             } else if l.starts_with("RequiresMountsFor=") {
                 format!("RequiresMountsFor={}", journal.display())
+            } else if l.starts_with("ReadWritePaths=") {
+                // ProtectSystem=strict: the journal is the one place written.
+                format!("ReadWritePaths={}", journal.display())
             } else {
                 l.to_owned()
             }
@@ -97,6 +100,7 @@ mod tests {
         let unit = render_unit(Path::new("/opt/pw/portwatch"), Path::new("/srv/pwj"));
         assert!(unit.contains("\nExecStart=/opt/pw/portwatch record --journal /srv/pwj\n"));
         assert!(unit.contains("\nRequiresMountsFor=/srv/pwj\n"));
+        assert!(unit.contains("\nReadWritePaths=/srv/pwj\n"));
         assert!(unit.contains("\nDefaultDependencies=no\n"));
         assert!(unit.contains("Before=network-pre.target"));
         assert!(unit.contains("\nType=notify\n"));

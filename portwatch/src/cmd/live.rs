@@ -44,7 +44,7 @@ impl Live {
     /// Attaches, seeds attribution with what predates the run, and takes
     /// the first census of every namespace (or only `netns`, the one
     /// watched) into `view`.
-    pub fn start(
+    pub async fn start(
         refresh: Duration,
         netns_filter: Option<&str>,
         view: &mut ViewState,
@@ -64,7 +64,12 @@ impl Live {
             LiveProcesses::new(netns.clone()),
         )
         .infer_connects(crate::source::connects_inferred(collector.mechanisms()));
-        super::seed(&mut collector, &mut attributor, &netns);
+        // Attached: from here on only lookups need privilege (src/privilege.rs).
+        // Before the snapshot, whose thread would otherwise keep everything.
+        crate::privilege::drop_after_attach_or_warn();
+        if let Ok(snap) = super::snapshot(&netns, super::SNAPSHOT_BUDGET).await {
+            super::seed(&mut collector, &mut attributor, &snap);
+        }
         let mut census = LiveSockets::new(netns.clone());
         let mut namespaces: Vec<u64> = crate::system::snapshot::namespaces().into_keys().collect();
         namespaces.sort_unstable();

@@ -3,6 +3,7 @@
 pub mod completions;
 pub mod doctor;
 pub mod explain;
+pub mod first;
 pub mod history;
 #[cfg(target_os = "linux")]
 pub mod install_service;
@@ -81,6 +82,44 @@ impl Stop {
     }
 }
 
+/// How long the start-up snapshot (a sock_diag dump of every namespace and
+/// a scan of every process's fds) may take before the run goes on without
+/// it; the ring keeps being drained meanwhile.
+#[cfg(target_os = "linux")]
+pub const SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `f` (a sock_diag dump, a /proc scan) on a blocking thread, so that
+/// the event thread keeps draining the ring meanwhile; Err(why) when it
+/// fails or takes longer than `budget` (it then finishes unheeded).
+#[cfg(target_os = "linux")]
+pub async fn off_thread<T: Send + 'static>(
+    budget: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(budget, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("it failed: {e}")),
+        Err(_) => Err(format!("it took longer than {} s", budget.as_secs())),
+    }
+}
+
+/// The sockets that exist now, with their owners, taken off the event
+/// thread; Err(why) (also said on stderr) when it cannot be had in time.
+#[cfg(target_os = "linux")]
+pub async fn snapshot(
+    netns: &crate::system::Netns,
+    budget: std::time::Duration,
+) -> Result<crate::system::snapshot::StartSnapshot, String> {
+    let ns = netns.clone();
+    let snap = off_thread(budget, move || crate::system::snapshot::take(&ns)).await;
+    if let Err(why) = &snap {
+        eprintln!(
+            "portwatch: warning: listing the sockets that predate the run: {why}; going on without it (their owners stay unknown)"
+        );
+    }
+    snap
+}
+
 /// Tells the kernel side and attribution about the listeners and
 /// connections that predate the run (one snapshot of every namespace), so
 /// that a server started long before portwatch is named from its first
@@ -89,10 +128,9 @@ impl Stop {
 pub fn seed<S: crate::attribution::SocketProbe, P: crate::attribution::ProcessLookup>(
     collector: &mut crate::source::linux::LinuxCollector,
     attributor: &mut crate::attribution::Attributor<S, P>,
-    netns: &crate::system::Netns,
+    snap: &crate::system::snapshot::StartSnapshot,
 ) {
     use crate::attribution::Known;
-    let snap = crate::system::snapshot::take(netns);
     if let Err(e) = collector.seed_listeners(&snap.listeners) {
         log::warn!("cannot tell the kernel about existing listeners: {e}");
     }
@@ -115,12 +153,12 @@ pub fn seed<S: crate::attribution::SocketProbe, P: crate::attribution::ProcessLo
         }
         attributor.seed_listener(Some(l.netns), l.port, l.addr, owner);
     }
-    for c in snap.connections {
-        if let Some(o) = c.owner {
+    for c in &snap.connections {
+        if let Some(o) = &c.owner {
             attributor.seed_connection(
                 Some(c.netns),
                 c.tuple,
-                Known::seeded(o.pid, o.comm, o.uid, Some(c.side)),
+                Known::seeded(o.pid, o.comm.clone(), o.uid, Some(c.side)),
             );
         }
     }

@@ -6,8 +6,8 @@ use anyhow::Context as _;
 
 use crate::attribution::Attributor;
 use crate::cli::RecordArgs;
-use crate::journal::{self, JournalConfig, JournalWriter, Record};
-use crate::model::{Event, EventKind, SourceMsg, TcpState};
+use crate::journal::{self, JournalConfig, JournalWriter, Mark, Record};
+use crate::model::{Attribution, Event, EventKind, Family, Protocol, SourceMsg, TcpState};
 use crate::source::linux::decode::Clock;
 use crate::source::linux::{CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
 use crate::system::{LiveProcesses, LiveSockets, Netns};
@@ -67,8 +67,10 @@ fn notify_ready() {
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let cfg = JournalConfig {
         max_total_bytes: args.max_size,
+        // Four segments at least under the cap, so that `--max-size 1M`
+        // works and deleting the oldest never takes most of the journal.
+        segment_bytes: (args.max_size / 4).clamp(journal::MIN_SEGMENT_BYTES, 4 << 20),
         fsync: args.fsync.policy(),
-        ..JournalConfig::default()
     };
     let mut writer = JournalWriter::open(&args.journal, cfg)
         .with_context(|| format!("cannot open the journal in {}", args.journal.display()))?;
@@ -94,7 +96,60 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         LiveProcesses::new(netns.clone()),
     )
     .infer_connects(crate::source::connects_inferred(collector.mechanisms()));
-    super::seed(&mut collector, &mut attributor, &netns);
+    // From here on, every port taken is an event: say so first, then what
+    // was taken already.
+    let started = crate::timefmt::now_ns();
+    let mark = |time: i128, mark: Mark| Record {
+        mark: Some(mark),
+        ..Record::event(
+            boot_id.clone(),
+            journal::mono_ns(),
+            Event::new(time, EventKind::State),
+        )
+    };
+    writer
+        .append(&mark(started, Mark::Started))
+        .context("writing the journal")?;
+    // Attached: from here on only lookups need privilege (src/privilege.rs).
+    // Before the snapshot, whose thread would otherwise keep everything.
+    crate::privilege::drop_after_attach_or_warn();
+    let ns = netns.clone();
+    let existing = super::off_thread(super::SNAPSHOT_BUDGET, move || {
+        let snap = crate::system::snapshot::take(&ns);
+        let events = existing_sockets(&snap, &mut LiveProcesses::new(ns), started);
+        (snap, events)
+    })
+    .await;
+    match existing {
+        Ok((snap, events)) => {
+            super::seed(&mut collector, &mut attributor, &snap);
+            let mono = journal::mono_ns();
+            for event in events {
+                let rec = Record {
+                    mark: Some(Mark::Existing),
+                    ..Record::event(boot_id.clone(), mono, event)
+                };
+                writer.append(&rec).context("writing the journal")?;
+            }
+            if !snap.unreadable.is_empty() {
+                let why = snap
+                    .unreadable
+                    .iter()
+                    .map(|(ino, why)| format!("network namespace {ino}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                writer
+                    .append(&mark(started, Mark::SnapshotIncomplete { why }))
+                    .context("writing the journal")?;
+            }
+        }
+        Err(why) => {
+            eprintln!("portwatch: warning: listing the sockets that predate the recorder: {why}; the journal says so");
+            writer
+                .append(&mark(started, Mark::SnapshotIncomplete { why }))
+                .context("writing the journal")?;
+        }
+    }
     eprintln!(
         "portwatch: attached {}; recording to {}",
         crate::source::describe(collector.mechanisms()),
@@ -115,16 +170,28 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         };
         for ev in events {
             if journal_worthy(&ev) {
-                let rec = Record {
-                    boot_id: boot_id.clone(),
-                    mono_ns: if ev.boot_ns != 0 {
-                        ev.boot_ns
-                    } else {
-                        clock.get().boot_ns(ev.time)
-                    },
-                    event: ev,
+                let mono_ns = if ev.boot_ns != 0 {
+                    ev.boot_ns
+                } else {
+                    clock.get().boot_ns(ev.time)
                 };
-                writer.append(&rec).context("writing the journal")?;
+                let time = ev.time;
+                writer
+                    .append(&Record::event(boot_id.clone(), mono_ns, ev))
+                    .context("writing the journal")?;
+                // What deleting the oldest segments took is gone: say when.
+                let segments = writer.take_deleted();
+                if segments > 0 {
+                    let rec = Record {
+                        mark: Some(Mark::Deleted { segments }),
+                        ..Record::event(
+                            boot_id.clone(),
+                            mono_ns,
+                            Event::new(time, EventKind::State),
+                        )
+                    };
+                    writer.append(&rec).context("writing the journal")?;
+                }
             }
         }
         Ok(())
@@ -156,8 +223,81 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         .context("the ring-buffer reader panicked")?
         .context("reading the ring buffer")?;
     append(&mut writer, Work::Recheck { last: true })?;
+    writer
+        .append(&mark(crate::timefmt::now_ns(), Mark::Stopped))
+        .context("writing the journal")?;
     writer.sync().context("syncing the journal")?;
     Ok(())
+}
+
+/// The sockets of the start-up snapshot as events for the journal (TCP
+/// listeners and connections; TIME_WAIT and orphans have no owner), with
+/// their owners' command lines and cgroups where /proc still shows them.
+fn existing_sockets(
+    snap: &crate::system::snapshot::StartSnapshot,
+    processes: &mut impl crate::attribution::ProcessLookup,
+    time: i128,
+) -> Vec<Event> {
+    use crate::system::snapshot::SeedOwner;
+    let mut infos = std::collections::HashMap::new();
+    let mut event =
+        |kind, netns: u64, tuple: crate::attribution::Tuple, state, owner: Option<&SeedOwner>| {
+            let (saddr, sport, daddr, dport) = tuple;
+            let mut ev = Event::new(time, kind);
+            ev.family = Some(match saddr {
+                std::net::IpAddr::V4(_) => Family::Ipv4,
+                std::net::IpAddr::V6(_) => Family::Ipv6,
+            });
+            ev.protocol = Some(Protocol::Tcp);
+            (ev.saddr, ev.sport, ev.daddr, ev.dport) =
+                (Some(saddr), Some(sport), Some(daddr), Some(dport));
+            ev.new_state = state;
+            ev.netns = Some(netns);
+            if let Some(o) = owner {
+                (ev.pid, ev.tid, ev.uid) = (Some(o.pid), Some(o.pid), Some(o.uid));
+                ev.comm = Some(o.comm.as_str().into());
+                ev.attribution = Attribution::Remembered;
+                let info = infos
+                    .entry(o.pid)
+                    .or_insert_with(|| processes.lookup(o.pid))
+                    .clone();
+                if let Some(info) = info {
+                    (ev.cmdline, ev.cgroup, ev.container_pid) = (
+                        info.cmdline.map(Into::into),
+                        info.cgroup.map(Into::into),
+                        info.container_pid,
+                    );
+                }
+            }
+            ev
+        };
+    let unspecified = |a: &std::net::IpAddr| match a {
+        std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    let mut out = Vec::new();
+    for l in &snap.listeners {
+        let tuple = (l.addr, l.port, unspecified(&l.addr), 0);
+        out.push(event(
+            EventKind::Listen,
+            l.netns,
+            tuple,
+            Some(TcpState::Listen),
+            l.owner.as_ref(),
+        ));
+    }
+    for c in &snap.connections {
+        let mut ev = event(
+            EventKind::State,
+            c.netns,
+            c.tuple,
+            TcpState::from_kernel(c.state),
+            c.owner.as_ref(),
+        );
+        ev.side = Some(c.side);
+        out.push(ev);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -130,7 +130,12 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
     )
     .infer_connects(crate::source::connects_inferred(collector.mechanisms()))
     .sparse(cfg.aggregate);
-    super::seed(&mut collector, &mut attributor, &netns);
+    // Attached: from here on only lookups need privilege (src/privilege.rs).
+    // Before the snapshot, whose thread would otherwise keep everything.
+    crate::privilege::drop_after_attach_or_warn();
+    if let Ok(snap) = super::snapshot(&netns, super::SNAPSHOT_BUDGET).await {
+        super::seed(&mut collector, &mut attributor, &snap);
+    }
     eprintln!(
         "portwatch: attached {}",
         crate::source::describe(collector.mechanisms())

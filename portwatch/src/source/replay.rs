@@ -50,7 +50,12 @@ pub fn read(input: impl BufRead) -> Result<Recording, ReplayError> {
             if let Ok(s) = serde_json::from_str::<RecordedSummary>(trimmed) {
                 out.range = out.range.or(s.ephemeral_range);
                 if let (Some(end), Some(d)) = (s.time, s.duration_s) {
-                    out.run = Some((end - (d * 1e9) as i128, end));
+                    // A recording is anyone's to write: a duration that is
+                    // negative or past what a time can hold is ignored.
+                    let start = (d >= 0.0)
+                        .then(|| end.checked_sub((d * 1e9) as i128))
+                        .flatten();
+                    out.run = start.map(|start| (start, end));
                 }
             }
             continue;

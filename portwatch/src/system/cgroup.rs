@@ -4,19 +4,37 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use procfs::ProcessCGroups;
 
 use crate::model::SmolStr;
 
+/// How long an event waits for a rescan of the cgroup tree: a host with a
+/// large tree (thousands of containers) finishes it in the background, and
+/// the events after it get the paths.
+const SCAN_WAIT: Duration = Duration::from_millis(50);
+
 /// cgroup v2 ids (the inode of the cgroup's directory) to paths, rebuilt
-/// when an unknown id turns up, at most once a second.
-#[derive(Clone, Default)]
+/// when an unknown id turns up, at most once a second, on a thread of its
+/// own (a tree walk must not hold up the event thread).
+#[derive(Default)]
 pub struct CgroupIndex {
     /// Shared: an event of a process that is gone gets a reference.
     paths: HashMap<u64, SmolStr>,
     scanned: Option<Instant>,
+    pending: Option<mpsc::Receiver<HashMap<u64, SmolStr>>>,
+}
+
+impl Clone for CgroupIndex {
+    fn clone(&self) -> Self {
+        CgroupIndex {
+            paths: self.paths.clone(),
+            scanned: self.scanned,
+            pending: None,
+        }
+    }
 }
 
 impl CgroupIndex {
@@ -24,34 +42,54 @@ impl CgroupIndex {
         if let Some(p) = self.paths.get(&id) {
             return Some(p.clone());
         }
-        if self
-            .scanned
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return None;
+        if self.pending.is_none() {
+            if self
+                .scanned
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                return None;
+            }
+            self.scanned = Some(Instant::now());
+            let root = cgroup2_mount()?;
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(walk(&root));
+            });
+            self.pending = Some(rx);
         }
-        self.scanned = Some(Instant::now());
-        self.paths.clear();
-        let root = cgroup2_mount()?;
-        let mut stack = vec![root.clone()];
-        while let Some(dir) = stack.pop() {
-            if let Ok(meta) = std::fs::metadata(&dir) {
-                let rel = dir
-                    .strip_prefix(&root)
-                    .map_or_else(|_| "/".to_owned(), |r| format!("/{}", r.display()));
-                self.paths.insert(meta.ino(), rel.into());
+        match self.pending.as_ref()?.recv_timeout(SCAN_WAIT) {
+            Ok(paths) => {
+                self.paths = paths;
+                self.pending = None;
             }
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => return None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => self.pending = None,
         }
         self.paths.get(&id).cloned()
     }
+}
+
+/// Every cgroup under `root`, by id.
+fn walk(root: &std::path::Path) -> HashMap<u64, SmolStr> {
+    let mut paths = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            let rel = dir
+                .strip_prefix(root)
+                .map_or_else(|_| "/".to_owned(), |r| format!("/{}", r.display()));
+            paths.insert(meta.ino(), rel.into());
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    paths
 }
 
 /// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -20,10 +20,16 @@ const MAX_HANDLES: usize = 256;
 /// registered (its first process exited before its events were read).
 const SEARCH_EVERY: Duration = Duration::from_secs(2);
 const MAX_SEARCHED: usize = 4096;
+/// How long a lookup waits for that search, which runs on a thread of its
+/// own (a host with tens of thousands of processes takes longer); a search
+/// that finishes later serves the next lookup.
+const SEARCH_WAIT: Duration = Duration::from_millis(50);
 
 struct Inner {
     handles: LruCache<u64, Arc<OwnedFd>>,
     searched: HashMap<u64, Instant>,
+    /// Searches still running, by namespace.
+    pending: HashMap<u64, mpsc::Receiver<Option<OwnedFd>>>,
 }
 
 /// Shared between the socket probe and the process lookup (cheap to clone).
@@ -52,6 +58,7 @@ impl Netns {
             inner: Arc::new(Mutex::new(Inner {
                 handles: LruCache::new(NonZeroUsize::new(MAX_HANDLES).unwrap_or(NonZeroUsize::MIN)),
                 searched: HashMap::new(),
+                pending: HashMap::new(),
             })),
             own: inode_of("self"),
         }
@@ -93,18 +100,37 @@ impl Netns {
         if let Some(h) = inner.handles.get(&ino) {
             return Some(h.clone());
         }
-        if inner
-            .searched
-            .get(&ino)
-            .is_some_and(|t| t.elapsed() < SEARCH_EVERY)
-        {
-            return None;
-        }
-        if inner.searched.len() >= MAX_SEARCHED {
-            inner.searched.clear();
-        }
-        inner.searched.insert(ino, Instant::now());
-        let found = find(ino)?;
+        let rx = match inner.pending.remove(&ino) {
+            Some(rx) => rx,
+            None => {
+                if inner
+                    .searched
+                    .get(&ino)
+                    .is_some_and(|t| t.elapsed() < SEARCH_EVERY)
+                {
+                    return None;
+                }
+                if inner.searched.len() >= MAX_SEARCHED {
+                    inner.searched.clear();
+                }
+                inner.searched.insert(ino, Instant::now());
+                let (tx, rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(find(ino));
+                });
+                rx
+            }
+        };
+        let found = match rx.recv_timeout(SEARCH_WAIT) {
+            Ok(found) => found?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if inner.pending.len() < MAX_SEARCHED {
+                    inner.pending.insert(ino, rx);
+                }
+                return None;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        };
         let h = Arc::new(found);
         inner.handles.put(ino, h.clone());
         Some(h)

@@ -26,6 +26,17 @@ impl ProcessLookup for LiveProcesses {
         self.cgroups.path(id)
     }
 
+    /// /proc/PID/stat's starttime: clock ticks since boot (CLOCK_BOOTTIME,
+    /// the clock the eBPF programs stamp events with).
+    fn start_ns(&mut self, pid: u32) -> Option<u64> {
+        let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+            .ok()?
+            .stat()
+            .ok()?;
+        let hz = procfs::ticks_per_second().max(1);
+        Some(stat.starttime.saturating_mul(1_000_000_000) / hz)
+    }
+
     fn lookup(&mut self, pid: u32) -> Option<ProcessInfo> {
         let netns = self.netns.register(pid);
         let process = i32::try_from(pid)

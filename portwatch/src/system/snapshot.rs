@@ -39,6 +39,8 @@ pub struct SeedListener {
 pub struct SeedConnection {
     pub netns: u64,
     pub tuple: Tuple,
+    /// The kernel's TCP state number, as sock_diag reported it.
+    pub state: u8,
     pub owner: Option<SeedOwner>,
     pub side: Side,
 }
@@ -169,6 +171,7 @@ pub fn take(netns: &Netns) -> StartSnapshot {
             snap.connections.push(SeedConnection {
                 netns: *ino,
                 tuple: (e.saddr, e.sport, e.daddr, e.dport),
+                state: e.state,
                 owner: owner_of(e.inode),
                 side: if server { Side::Server } else { Side::Client },
             });

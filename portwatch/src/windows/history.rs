@@ -18,10 +18,9 @@ pub fn records(events: Vec<Event>, boot_filetime: i64) -> Vec<Record> {
     let boot_id = super::boot_id_from(boot_ns, 0);
     events
         .into_iter()
-        .map(|event| Record {
-            boot_id: boot_id.clone(),
-            mono_ns: u64::try_from(event.time - boot_ns).unwrap_or(0),
-            event,
+        .map(|event| {
+            let mono_ns = u64::try_from(event.time - boot_ns).unwrap_or(0);
+            Record::event(boot_id.clone(), mono_ns, event)
         })
         .collect()
 }

@@ -22,11 +22,7 @@ pub fn journal_with_a_listener(dir: &std::path::Path, comm: &str, cmdline: &str)
     ev.cmdline = Some(cmdline.into());
     ev.saddr = Some("0.0.0.0".parse().expect("ip"));
     ev.sport = Some(1433);
-    w.append(&Record {
-        boot_id: BOOT.into(),
-        mono_ns: 1,
-        event: ev,
-    })
-    .expect("append");
+    w.append(&Record::event(BOOT.into(), 1, ev))
+        .expect("append");
     w.sync().expect("sync");
 }

@@ -209,3 +209,67 @@ PY
     );
     Ok(())
 }
+
+/// A port already held when the recorder starts is "first seen since the
+/// recorder started", with its owner from the start-up snapshot; the time
+/// the recorder was stopped is named as a gap; the recorder's own records
+/// never show up as events.
+#[test]
+fn a_port_held_before_the_recorder_started_is_first_seen_then() -> Result<()> {
+    skip_unless_kernel!();
+    let script = format!(
+        r#"python3 -c 'import os, socket, time; s = socket.socket(); s.bind(("0.0.0.0", 1434)); s.listen(); print("HELD=%d" % os.getpid(), flush=True); time.sleep(60)' &
+held=$!
+for _ in $(seq 1 100); do ss -ltnH 'sport = :1434' | grep -q . && break; sleep 0.05; done
+{START_RECORDER}
+sleep 0.3
+kill -TERM $rec; wait $rec
+echo "RECORD_RC=$?"
+{START_RECORDER}
+python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 1435)); s.listen()'
+sleep 0.3
+kill -TERM $rec; wait $rec
+kill $held
+"$PW" history --journal "$D/journal" --port 1434 --boot 0 --first
+"$PW" history --journal "$D/journal" --port 1435 --boot 0 --first
+"$PW" history --journal "$D/journal" --port 1434 --boot 0 --first --json
+echo LISTING
+"$PW" history --journal "$D/journal" --boot 0 --json
+"#
+    );
+    let out = netns_script(&script, &[])?;
+    let held = out
+        .lines()
+        .find_map(|l| l.strip_prefix("HELD="))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .with_context(|| format!("HELD in:\n{out}"))?;
+    ensure!(out.contains("RECORD_RC=0"), "{out}");
+    ensure!(
+        out.contains("port 1434 was first seen since the recorder started at")
+            && out.contains(&format!("already held then by pid {held} (python3")),
+        "{out}"
+    );
+    ensure!(!out.contains("port 1434 was first taken"), "{out}");
+    // 1435 was taken while the second recorder ran: first taken, and the
+    // time between the two recorders is a gap before it.
+    ensure!(out.contains("port 1435 was first taken at"), "{out}");
+    ensure!(out.contains("gap: the recorder was stopped from"), "{out}");
+    ensure!(
+        out.contains("s after boot: what happened earlier in boot"),
+        "{out}"
+    );
+    let (answer, listing) = out.split_once("LISTING").context("listing")?;
+    let a = json_lines(answer)?;
+    ensure!(
+        a.len() == 1 && a[0]["already_held_at_start"] == true,
+        "{answer}"
+    );
+    ensure!(a[0]["pid"] == held && a[0]["how"] == "listen", "{answer}");
+    let gaps = a[0]["gaps"].as_array().context("gaps")?;
+    ensure!(gaps.iter().any(|g| g["gap"] == "not_recording"), "{answer}");
+    // The listing is events only: no snapshot entry, no start or stop.
+    for e in json_lines(listing)? {
+        ensure!(e.get("mark").is_none() && e["sport"] != 1434, "{e}");
+    }
+    Ok(())
+}

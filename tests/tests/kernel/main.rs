@@ -9,5 +9,6 @@ mod history;
 mod live;
 mod netns;
 mod pools;
+mod privilege;
 mod trace;
 mod who;

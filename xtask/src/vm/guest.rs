@@ -19,7 +19,7 @@ use super::{expected, series_of, Hooks, Options, Outcome};
 const INIT: &str = include_str!("../../vm/init");
 
 /// Single-quotes `s` for the guest's bash.
-fn sh_quote(s: &str) -> String {
+pub(super) fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
@@ -107,96 +107,25 @@ exit $rc
     );
 
     let initramfs = run_dir.join("initramfs.cpio");
-    let mut cpio = Cpio::default();
-    for d in ["bin", "dev", "mod", "proc", "sys", "newroot"] {
-        cpio.dir(d);
-    }
-    cpio.char_dev("dev/console", 5, 1);
-    cpio.file("bin/busybox", 0o755, &fs::read(busybox)?);
-    cpio.file("init", 0o755, INIT.as_bytes());
+    let mut cpio = base_initramfs(busybox, k)?;
     cpio.file("cmd.sh", 0o755, script.as_bytes());
-    for entry in fs::read_dir(&k.modules)? {
-        let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        cpio.file(&format!("mod/{name}"), 0o644, &fs::read(&path)?);
-    }
     fs::write(&initramfs, cpio.finish())?;
-
-    let out_log = run_dir.join("output.log");
+    let booted = boot(&Boot {
+        qemu,
+        run_dir: &run_dir,
+        kernel: k,
+        initramfs: &initramfs,
+        append: "console=ttyS0 quiet panic=-1",
+        timeout: opts.timeout,
+        prefix: format!("[{} {}] ", series_of(&k.release), hooks.name()),
+    })?;
+    let Booted {
+        output,
+        status,
+        timed_out,
+        wall,
+    } = booted;
     let console_log = run_dir.join("console.log");
-    let qemu_log = run_dir.join("qemu.log");
-    fs::write(&out_log, b"")?;
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35"])
-        .args(["-smp", "2", "-m", "1G", "-nodefaults", "-display", "none"])
-        .arg("-no-reboot")
-        .arg("-serial")
-        .arg(format!("file:{}", console_log.display()))
-        .arg("-kernel")
-        .arg(&k.vmlinux)
-        .arg("-initrd")
-        .arg(&initramfs)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .args([
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ])
-        .args(["-device", "virtio-serial-pci", "-chardev"])
-        .arg(format!("file,id=out,path={}", out_log.display()))
-        .args(["-device", "virtconsole,chardev=out"])
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&qemu_log)?)
-        .stderr(fs::File::create(run_dir.join("qemu.err"))?);
-    eprintln!(
-        "\nvm-test: booting {} (hooks {}), logs in {}",
-        k.release,
-        hooks.name(),
-        run_dir.display()
-    );
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", qemu.display()))?;
-
-    // Echo the guest's output as it arrives, until qemu exits or time is up.
-    let prefix = format!("[{} {}] ", series_of(&k.release), hooks.name());
-    let mut reader = fs::File::open(&out_log)?;
-    let mut pending = Vec::new();
-    let mut output = Vec::new();
-    let mut echo = |reader: &mut fs::File, pending: &mut Vec<u8>, flush: bool| -> Result<()> {
-        let mut buf = Vec::new();
-        reader.read_to_end(&mut buf)?;
-        pending.extend_from_slice(&buf);
-        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line).trim_end().to_string();
-            eprintln!("{prefix}{line}");
-            output.push(line);
-        }
-        if flush && !pending.is_empty() {
-            let line = String::from_utf8_lossy(pending).trim_end().to_string();
-            pending.clear();
-            eprintln!("{prefix}{line}");
-            output.push(line);
-        }
-        Ok(())
-    };
-    let mut timed_out = false;
-    let status = loop {
-        echo(&mut reader, &mut pending, false)?;
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > opts.timeout {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait()?;
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
-    echo(&mut reader, &mut pending, true)?;
-    let wall = started.elapsed();
-
     let attached = output
         .iter()
         .find(|l| l.starts_with("portwatch: attached"))
@@ -252,6 +181,129 @@ exit $rc
     })
 }
 
+/// The initramfs every guest starts from: busybox, the init script and the
+/// kernel's modules; the caller adds what the guest runs.
+pub fn base_initramfs(busybox: &Path, k: &Kernel) -> Result<Cpio> {
+    let mut cpio = Cpio::default();
+    for d in ["bin", "dev", "mod", "proc", "sys", "newroot"] {
+        cpio.dir(d);
+    }
+    cpio.char_dev("dev/console", 5, 1);
+    cpio.file("bin/busybox", 0o755, &fs::read(busybox)?);
+    cpio.file("init", 0o755, INIT.as_bytes());
+    for entry in fs::read_dir(&k.modules)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        cpio.file(&format!("mod/{name}"), 0o644, &fs::read(&path)?);
+    }
+    Ok(cpio)
+}
+
+/// What a guest is booted with.
+pub struct Boot<'a> {
+    pub qemu: &'a Path,
+    pub run_dir: &'a Path,
+    pub kernel: &'a Kernel,
+    pub initramfs: &'a Path,
+    pub append: &'a str,
+    pub timeout: Duration,
+    /// Put before each line of the guest's output echoed here.
+    pub prefix: String,
+}
+
+/// What a guest printed on its virtio console, and how qemu ended.
+pub struct Booted {
+    pub output: Vec<String>,
+    pub status: std::process::ExitStatus,
+    pub timed_out: bool,
+    pub wall: Duration,
+}
+
+/// Boots a guest under qemu's TCG with the host's `/` shared read-only,
+/// echoing its console output as it comes, until it powers off or the
+/// timeout kills it.
+pub fn boot(b: &Boot) -> Result<Booted> {
+    let out_log = b.run_dir.join("output.log");
+    let console_log = b.run_dir.join("console.log");
+    let qemu_log = b.run_dir.join("qemu.log");
+    fs::write(&out_log, b"")?;
+    let mut cmd = Command::new(b.qemu);
+    cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35"])
+        .args(["-smp", "2", "-m", "1G", "-nodefaults", "-display", "none"])
+        .arg("-no-reboot")
+        .arg("-serial")
+        .arg(format!("file:{}", console_log.display()))
+        .arg("-kernel")
+        .arg(&b.kernel.vmlinux)
+        .arg("-initrd")
+        .arg(b.initramfs)
+        .args(["-append", b.append])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .args(["-device", "virtio-serial-pci", "-chardev"])
+        .arg(format!("file,id=out,path={}", out_log.display()))
+        .args(["-device", "virtconsole,chardev=out"])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&qemu_log)?)
+        .stderr(fs::File::create(b.run_dir.join("qemu.err"))?);
+    eprintln!(
+        "\nvm-test: booting {} ({}), logs in {}",
+        b.kernel.release,
+        b.prefix.trim(),
+        b.run_dir.display()
+    );
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", b.qemu.display()))?;
+
+    // Echo the guest's output as it arrives, until qemu exits or time is up.
+    let prefix = &b.prefix;
+    let mut reader = fs::File::open(&out_log)?;
+    let mut pending = Vec::new();
+    let mut output = Vec::new();
+    let mut echo = |reader: &mut fs::File, pending: &mut Vec<u8>, flush: bool| -> Result<()> {
+        let mut buf = Vec::new();
+        reader.read_to_end(&mut buf)?;
+        pending.extend_from_slice(&buf);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line).trim_end().to_string();
+            eprintln!("{prefix}{line}");
+            output.push(line);
+        }
+        if flush && !pending.is_empty() {
+            let line = String::from_utf8_lossy(pending).trim_end().to_string();
+            pending.clear();
+            eprintln!("{prefix}{line}");
+            output.push(line);
+        }
+        Ok(())
+    };
+    let mut timed_out = false;
+    let status = loop {
+        echo(&mut reader, &mut pending, false)?;
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > b.timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    echo(&mut reader, &mut pending, true)?;
+    Ok(Booted {
+        output,
+        status,
+        timed_out,
+        wall: started.elapsed(),
+    })
+}
+
 /// "RING RECURSION INFERRED" as the guest's awk prints them.
 fn parse_losses(s: &str) -> Option<(u64, u64, u64)> {
     let mut it = s.split_whitespace().map(|v| v.parse::<u64>().ok());
@@ -260,7 +312,7 @@ fn parse_losses(s: &str) -> Option<(u64, u64, u64)> {
 
 /// An uncompressed newc cpio archive, as the kernel unpacks an initramfs.
 #[derive(Default)]
-struct Cpio {
+pub struct Cpio {
     data: Vec<u8>,
     ino: u32,
 }
@@ -300,7 +352,7 @@ impl Cpio {
         }
     }
 
-    fn dir(&mut self, name: &str) {
+    pub fn dir(&mut self, name: &str) {
         self.entry(name, 0o040755, (0, 0), &[]);
     }
 
@@ -308,11 +360,16 @@ impl Cpio {
         self.entry(name, 0o020600, (major, minor), &[]);
     }
 
-    fn file(&mut self, name: &str, perm: u32, body: &[u8]) {
+    pub fn file(&mut self, name: &str, perm: u32, body: &[u8]) {
         self.entry(name, 0o100000 | perm, (0, 0), body);
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    /// A symbolic link `name` -> `target`.
+    pub fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, 0o120777, (0, 0), target.as_bytes());
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
         self.data
     }

@@ -17,7 +17,8 @@ use crate::util;
 
 /// Modules the guest loads (with their dependencies), when not built in:
 /// virtio PCI, the virtio console for output, 9p for the host's root, and
-/// the sock_diag modules `ss` and portwatch's TIME_WAIT check query.
+/// the sock_diag modules `ss` and portwatch's TIME_WAIT check query, and
+/// overlay for the boot test's writable root.
 const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_console",
@@ -26,6 +27,7 @@ const MODULES: &[&str] = &[
     "inet_diag",
     "tcp_diag",
     "udp_diag",
+    "overlay",
 ];
 
 /// A kernel ready to boot.
@@ -87,7 +89,9 @@ pub fn kernel(apt: &Apt, vm_dir: &Path, spec: &str) -> Result<Kernel> {
         vmlinux: dir.join("vmlinux"),
         modules: dir.join("modules"),
     };
-    if dir.join("complete").is_file() {
+    // A cache made for another module list is made again.
+    let complete = format!("{pkg}\nmodules: {}\n", MODULES.join(" "));
+    if fs::read_to_string(dir.join("complete")).is_ok_and(|c| c == complete) {
         eprintln!("vm-test: kernel {release} cached ({})", dir.display());
         return Ok(k);
     }
@@ -109,7 +113,7 @@ pub fn kernel(apt: &Apt, vm_dir: &Path, spec: &str) -> Result<Kernel> {
     fs::write(&k.vmlinux, elf)?;
     let order = collect_modules(&tree.join("lib/modules").join(&release), &k.modules)?;
     fs::write(k.modules.join("order"), order.join("\n") + "\n")?;
-    fs::write(dir.join("complete"), format!("{pkg}\n"))?;
+    fs::write(dir.join("complete"), complete)?;
     fs::remove_dir_all(&work).ok();
     eprintln!(
         "vm-test: kernel {release} ready (modules: {})",

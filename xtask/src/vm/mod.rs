@@ -28,6 +28,7 @@ use crate::util::{self, Ctx};
 pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
 
 mod apt;
+mod boot;
 mod guest;
 mod kernel;
 
@@ -42,6 +43,10 @@ pub enum Hooks {
     /// fexit/fentry disabled (PORTWATCH_HOOKS=kprobe,tracepoint), so that
     /// the kprobe variants serve.
     Kprobe,
+    /// Not a hook mode: systemd as PID 1 boots the hardened recorder unit,
+    /// and a client takes port 1433 at boot (see boot.rs). Run by default
+    /// on the last kernel; `--hooks boot` runs only it.
+    Boot,
 }
 
 impl Hooks {
@@ -49,13 +54,14 @@ impl Hooks {
         match self {
             Hooks::Auto => "auto",
             Hooks::Kprobe => "kprobe",
+            Hooks::Boot => "boot",
         }
     }
 
     /// PORTWATCH_HOOKS for the guest, if any.
     fn env(self) -> Option<&'static str> {
         match self {
-            Hooks::Auto => None,
+            Hooks::Auto | Hooks::Boot => None,
             Hooks::Kprobe => Some("kprobe,tracepoint"),
         }
     }
@@ -118,6 +124,8 @@ pub struct Options {
     /// Run the tests this many times per guest, stopping at a failure.
     pub repeat: u32,
     pub test_args: Vec<String>,
+    /// Also boot the last kernel under systemd (the default run does).
+    pub boot_last: bool,
 }
 
 /// One guest run's outcome.
@@ -167,10 +175,20 @@ pub fn vm_test(ctx: &Ctx, opts: &Options) -> Result<bool> {
 
     let matrix_started = Instant::now();
     let mut outcomes = Vec::new();
-    for k in &kernels {
-        for &hooks in &opts.hooks {
-            let mut outcome =
-                run_guest(&qemu, &vm_dir, &busybox, k, hooks, &portwatch, &tests, opts)?;
+    for (i, k) in kernels.iter().enumerate() {
+        let mut runs = opts.hooks.clone();
+        if opts.boot_last && i + 1 == kernels.len() && !runs.contains(&Hooks::Boot) {
+            runs.push(Hooks::Boot);
+        }
+        for hooks in runs {
+            let run = || {
+                if hooks == Hooks::Boot {
+                    boot::run_boot_guest(&qemu, &vm_dir, &busybox, k, &portwatch, opts)
+                } else {
+                    run_guest(&qemu, &vm_dir, &busybox, k, hooks, &portwatch, &tests, opts)
+                }
+            };
+            let mut outcome = run()?;
             // qemu's multi-threaded TCG now and then trips over the kernel's
             // live code patching (an int3 oops in a patched function while a
             // tracepoint is toggled); that is the emulator, not the code under
@@ -181,7 +199,7 @@ pub fn vm_test(ctx: &Ctx, opts: &Options) -> Result<bool> {
                     k.release,
                     hooks.name()
                 );
-                outcome = run_guest(&qemu, &vm_dir, &busybox, k, hooks, &portwatch, &tests, opts)?;
+                outcome = run()?;
             }
             outcomes.push(outcome);
         }

@@ -149,7 +149,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut view = ViewState::new(now_ns());
     let mut metrics = Metrics::new(usize::try_from(args.top_k).unwrap_or(usize::MAX));
-    let mut live = Live::start(args.interval, args.netns.as_deref(), &mut view)?;
+    let mut live = Live::start(args.interval, args.netns.as_deref(), &mut view).await?;
     view.begin(now_ns());
     eprintln!("portwatch: attached {}", live.describe());
     let local = listener.local_addr().unwrap_or(args.listen);

@@ -78,7 +78,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         bail!("portwatch top draws on a terminal; for scripts use `portwatch top --once --json`");
     }
     let mut view = ViewState::new(now_ns());
-    let mut live = Live::start(args.interval, args.netns.as_deref(), &mut view)?;
+    let mut live = Live::start(args.interval, args.netns.as_deref(), &mut view).await?;
     view.begin(now_ns());
     eprintln!("portwatch: attached {}", live.describe());
     if args.once {

@@ -148,11 +148,7 @@ fn a_time_wait_socket_has_its_creators_user_not_root() {
     created.sport = Some(1433);
     created.daddr = Some(ip("10.0.0.5"));
     created.dport = Some(50000);
-    let records = [Record {
-        boot_id: "b".into(),
-        mono_ns: 5,
-        event: created,
-    }];
+    let records = [Record::event("b".into(), 5, created)];
     add_creators(&mut r, &records, "b");
     let tw = r
         .sockets

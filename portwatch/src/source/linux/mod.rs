@@ -27,7 +27,9 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
-    #[error("portwatch needs root, or CAP_BPF and CAP_PERFMON, to load eBPF programs: run it with sudo, or grant them with `sudo setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_dac_read_search+ep $(command -v portwatch)`")]
+    // Not `setcap` on the binary on PATH: that would let every local user
+    // trace all sockets and read every command line.
+    #[error("portwatch needs root, or CAP_BPF and CAP_PERFMON, to load eBPF programs: run it with sudo. To let only a trusted group trace without sudo, give that group a copy of its own: `sudo install -o root -g portwatch -m 0750 $(command -v portwatch) /usr/local/sbin/portwatch-trace && sudo setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_admin,cap_sys_ptrace,cap_dac_read_search+ep /usr/local/sbin/portwatch-trace` (see Privileges in the README)")]
     NotPrivileged,
     #[error("tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); mount it with `sudo mount -t tracefs tracefs {TRACEFS}`")]
     Tracefs(std::io::Error),
