@@ -641,6 +641,7 @@ fn parse_comm(s: &str) -> Result<String, String> {
 }
 
 /// `--top-k`: 1..=1000 series per metric.
+#[cfg(target_os = "linux")]
 fn parse_top_k(s: &str) -> Result<u64, String> {
     s.parse::<u64>()
         .ok()
@@ -650,6 +651,7 @@ fn parse_top_k(s: &str) -> Result<u64, String> {
 
 /// `--interval`: a period a timer can keep, neither a busy loop nor one
 /// nobody would wait for.
+#[cfg(target_os = "linux")]
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let d = parse_duration(s)?;
     if !(0.1..=3600.0).contains(&d.as_secs_f64()) {
