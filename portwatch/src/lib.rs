@@ -51,3 +51,5 @@ pub mod procfd;
 pub mod sockdiag;
 #[cfg(target_os = "linux")]
 pub mod system;
+#[cfg(all(test, target_os = "linux"))]
+mod testutil;

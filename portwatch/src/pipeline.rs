@@ -193,27 +193,9 @@ mod tests {
 
     use super::*;
     use crate::aggregate::Summary;
-    use crate::attribution::{Offline, PortSocket};
+    use crate::attribution::fixtures::AnyState;
+    use crate::attribution::Offline;
     use crate::model::{EventKind, Hints, TcpState};
-
-    /// Says every socket is in the state set last.
-    struct Table(Rc<RefCell<Option<TcpState>>>);
-
-    impl SocketProbe for Table {
-        fn tcp_state(
-            &mut self,
-            _: Option<u64>,
-            _: IpAddr,
-            _: u16,
-            _: IpAddr,
-            _: u16,
-        ) -> Option<TcpState> {
-            *self.0.borrow()
-        }
-        fn on_port(&mut self, _: Option<u64>, _: u16) -> Result<Vec<PortSocket>, String> {
-            Ok(Vec::new())
-        }
-    }
 
     /// Keeps what it is given.
     struct Written(Rc<RefCell<Vec<Event>>>);
@@ -244,20 +226,16 @@ mod tests {
     }
 
     type Shared<T> = Rc<RefCell<T>>;
-    type Rig = (
-        Pipeline<Table, Offline>,
-        Shared<Option<TcpState>>,
-        Shared<Vec<Event>>,
-    );
+    type Rig = (Pipeline<AnyState, Offline>, AnyState, Shared<Vec<Event>>);
 
     /// A pipeline over a socket table that says FIN_WAIT2 for now, with an
     /// orphan's close (hashed in the FIN_WAIT2 sub-state) and another
     /// connection's transition after it handled; and what it writes.
     fn pipeline() -> Rig {
-        let table = Rc::new(RefCell::new(Some(TcpState::FinWait2)));
+        let table = AnyState::new(Some(TcpState::FinWait2));
         let written = Rc::new(RefCell::new(Vec::new()));
         let mut p = Pipeline::new(
-            Attributor::new(Table(table.clone()), Offline),
+            Attributor::new(table.clone(), Offline),
             EventFilter::default(),
             None,
             Box::new(Written(written.clone())),
@@ -280,7 +258,7 @@ mod tests {
         assert!(written.borrow().is_empty(), "held back behind the close");
         assert!(p.has_pending());
         // ... then the peer's FIN: the first is in TIME_WAIT now.
-        *table.borrow_mut() = Some(TcpState::TimeWait);
+        table.set(Some(TcpState::TimeWait));
         p.poll(3_000).expect("poll");
         let got: Vec<(i128, EventKind)> =
             written.borrow().iter().map(|e| (e.time, e.event)).collect();

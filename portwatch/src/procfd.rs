@@ -117,19 +117,12 @@ fn socket_fds(process: &Process, wanted: Option<&HashSet<u64>>) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::inode_of;
     use std::net::{TcpListener, UdpSocket};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::process::{Command, Stdio};
 
-    fn inode_of(fd: &impl AsRawFd) -> u64 {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
-        let s = link.to_str().unwrap();
-        s.strip_prefix("socket:[")
-            .and_then(|s| s.strip_suffix(']'))
-            .unwrap_or_else(|| panic!("not a socket link: {s}"))
-            .parse()
-            .unwrap()
-    }
+
 
     fn own_comm() -> String {
         std::fs::read_to_string("/proc/self/comm")

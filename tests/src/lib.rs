@@ -99,6 +99,18 @@ impl Run {
         self.events.iter().find(|e| e["event"] == "summary")
     }
 
+    /// portwatch exited 0 and printed its summary.
+    pub fn check_clean_exit(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.exit_code == 0,
+            "portwatch exited {}: {}",
+            self.exit_code,
+            self.stderr
+        );
+        anyhow::ensure!(self.summary().is_some(), "no summary: {}", self.stderr);
+        Ok(())
+    }
+
     /// The first `KEY=VALUE` token the workload printed (several may share
     /// a line).
     pub fn var(&self, key: &str) -> Option<u64> {

@@ -13,6 +13,8 @@
 //! so this module is tested from recorded events without root.
 
 mod chain;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod holder;
 mod inferred;
 mod keys;

@@ -1,5 +1,6 @@
 //! Attribution from recorded events, with fake sockets and processes.
 
+use super::fixtures::AnyState;
 use super::*;
 use crate::model::Attribution;
 use std::collections::HashMap as Map;
@@ -397,25 +398,6 @@ fn lost_messages_become_lost_events() {
     assert_eq!(out, vec![Event::lost(5, 12, LostReason::Recursion)]);
 }
 
-/// A socket table holding one 4-tuple in a settable state.
-struct OneSocket(Option<TcpState>);
-
-impl SocketProbe for OneSocket {
-    fn tcp_state(
-        &mut self,
-        _: Option<u64>,
-        _: IpAddr,
-        _: u16,
-        _: IpAddr,
-        _: u16,
-    ) -> Option<TcpState> {
-        self.0
-    }
-    fn on_port(&mut self, _: Option<u64>, _: u16) -> Result<Vec<PortSocket>, String> {
-        Ok(Vec::new())
-    }
-}
-
 fn fin_wait2_close() -> SourceMsg {
     let mut ev = state(42, TcpState::FinWait2, TcpState::Close, 23080, 50000);
     ev.time = 1_000;
@@ -424,13 +406,14 @@ fn fin_wait2_close() -> SourceMsg {
 
 #[test]
 fn orphan_fin_wait2_becomes_timewait_when_the_peer_fin_arrives() {
-    let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+    let table = AnyState::new(Some(TcpState::FinWait2));
+    let mut a = Attributor::new(table.clone(), Offline);
     let out = a.process(fin_wait2_close());
     assert_eq!(out.len(), 1, "no TIME_WAIT yet: {out:?}");
     assert!(a.has_pending());
     assert_eq!(a.oldest_pending(), Some(1_000));
     assert!(a.poll(2_000, false).is_empty());
-    a.sockets.0 = Some(TcpState::TimeWait);
+    table.set(Some(TcpState::TimeWait));
     let tw = a.poll(3_000, false);
     assert_eq!(tw.len(), 1);
     assert_eq!(tw[0].event, EventKind::Timewait);
@@ -441,13 +424,14 @@ fn orphan_fin_wait2_becomes_timewait_when_the_peer_fin_arrives() {
 
 #[test]
 fn orphan_fin_wait2_that_times_out_is_not_timewait() {
-    let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+    let table = AnyState::new(Some(TcpState::FinWait2));
+    let mut a = Attributor::new(table.clone(), Offline);
     a.process(fin_wait2_close());
-    a.sockets.0 = None;
+    table.set(None);
     assert!(a.poll(2_000, false).is_empty());
     assert!(!a.has_pending());
 
-    let mut a = Attributor::new(OneSocket(Some(TcpState::FinWait2)), Offline);
+    let mut a = Attributor::new(AnyState::new(Some(TcpState::FinWait2)), Offline);
     a.process(fin_wait2_close());
     assert!(a.poll(2_000, true).is_empty(), "the final check forgets it");
     assert!(!a.has_pending());

@@ -55,17 +55,6 @@ fn failed_binds(run: &Run, port: u16) -> Vec<&Value> {
         .collect()
 }
 
-fn check_clean_exit(run: &Run) -> Result<()> {
-    ensure!(
-        run.exit_code == 0,
-        "portwatch exited {}: {}",
-        run.exit_code,
-        run.stderr
-    );
-    ensure!(run.summary().is_some(), "no summary: {}", run.stderr);
-    Ok(())
-}
-
 /// A listener on the same port here and in a container (its own network
 /// and pid namespaces); short-lived processes on both sides fail to bind it
 /// and exit at once. Each failure's holder must be its own namespace's
@@ -95,7 +84,7 @@ print(out, flush=True)
         prelude = prelude()
     );
     let run = traced_run("", &["--port", "24000"], &py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let a = run.var("A_LISTENER").context("A's listener")?;
     let b = run.var("B_LISTENER").context("B's listener")?;
     let a_binders = run.vars("A_BINDER");
@@ -186,7 +175,7 @@ for p in (inner, here):
         prelude = prelude()
     );
     let run = traced_run("", &["--port", "24001"], &py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let servers = run.vars("SERVER");
     let namespaces = run.vars("NETNS");
     ensure!(
@@ -255,7 +244,7 @@ time.sleep(0.5)
     );
     let go = "$D/go";
     let run = traced_run("", &["--port", "24002", "--stall-reader-until", go], &py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let (a, b) = (
         run.var("A_LISTENER").context("A")?,
         run.var("B_LISTENER").context("B")?,

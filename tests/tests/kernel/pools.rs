@@ -5,17 +5,6 @@ use anyhow::{ensure, Context, Result};
 use integration_tests::{skip_unless_kernel, traced_run, Run};
 use serde_json::Value;
 
-fn check_clean_exit(run: &Run) -> Result<()> {
-    ensure!(
-        run.exit_code == 0,
-        "portwatch exited {}: {}",
-        run.exit_code,
-        run.stderr
-    );
-    ensure!(run.summary().is_some(), "no summary: {}", run.stderr);
-    Ok(())
-}
-
 fn pool(run: &Run, dport: u16) -> Option<&Value> {
     run.summary()?["pools"]
         .as_array()?
@@ -51,7 +40,7 @@ for _ in range(10):
 os.kill(worker, signal.SIGKILL); os.kill(master, signal.SIGKILL)
 "#;
     let run = traced_run(&setup, &["--port", "24200"], py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let worker = run.var("WORKER").context("worker")?;
     // The accepted connections' transitions (the listener's own close is
     // by whichever of its holders exits last). On some kernels (Debian's
@@ -98,7 +87,7 @@ print("SERVER_TW=%d" % len([l for l in tw if l.split()[3].endswith(":24201")]), 
 print("CLIENT_POOL=%d" % len([l for l in out.splitlines() if l.split()[4].endswith(":24201")]), flush=True)
 "#;
     let run = traced_run("", &["--port", "24201"], py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     ensure!(run.var("SERVER_TW") == Some(20), "{}", run.workload);
     let summary = run.summary().context("summary")?;
     ensure!(
@@ -156,7 +145,7 @@ out = subprocess.run(["unshare", "--net", "python3", "-c", inner], capture_outpu
 print(out, flush=True)
 "#;
     let run = traced_run("", &["--port", "24202"], py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     ensure!(run.var("FAILED_ERRNO") == Some(99), "{}", run.workload);
     let held = run.var("HELD").context("held")?;
     let inner_ns = run.var("NETNS").context("netns")?;
@@ -222,7 +211,7 @@ print("INNER=%d" % os.stat("/run/netns/" + name).st_ino, flush=True)
         .args(["netns", "del", "pwfilter"])
         .status();
     let run = run?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let inner = run.var("INNER").context("inner")?;
     let states: Vec<&Value> = run.of_kind("state").collect();
     ensure!(states.len() >= 12, "the namespace's events: {states:#?}");

@@ -29,7 +29,7 @@ sys.exit(os.waitstatus_to_exitcode(st))
 "#
     );
     let run = traced_run("", &["--port", "1433"], &py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let (a, b) = (
         run.var("A").context("pid A")?,
         run.var("B").context("pid B")?,
@@ -142,7 +142,7 @@ print(subprocess.run(["nstat", "-az", "TcpExtTW*", "TcpOutRsts", "TcpExtTCPTimeW
 "#
     );
     let run = traced_run("", &["--port", "23080"], &py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let closer_pid = run.var(&closer.to_uppercase()).context("closer pid")?;
     let tw: Vec<&Value> = run.of_kind("timewait").collect();
     ensure!(
@@ -234,7 +234,7 @@ c.close()
 time.sleep(0.2)
 "#;
     let run = traced_run("", &["--port", "23083"], py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let server = run.var("SERVER").context("server pid")?;
     let tw: Vec<&Value> = run.of_kind("timewait").collect();
     ensure!(
@@ -304,7 +304,7 @@ print("OK=%d" % len(conns), flush=True)
         &["--port", "23432"],
         &py,
     )?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     // connect() scans an even number of ports (__inet_hash_connect rounds
     // the range size down), so from a random offset it finds 4 or 5 of the 5.
     let failed_at = run.var("FAILED_AT").context("a connect must fail")?;
@@ -375,7 +375,7 @@ srv = socket.socket(); srv.bind(("127.0.0.1", 5354)); srv.listen()
 c = socket.create_connection(("127.0.0.1", 5354))
 "#;
     let run = traced_run("", &["--port", "5353", "--port", "5354"], py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let connects: Vec<&Value> = run.of_kind("connect").collect();
     ensure!(
         connects.len() == 1 && connects[0]["dport"] == 5354 && connects[0]["ret"] == 0,
@@ -405,7 +405,7 @@ for _ in range(400):
         ],
         py,
     )?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let lost_events: u64 = run.of_kind("lost").filter_map(|e| e["lost"].as_u64()).sum();
     let summary = run.summary().context("summary")?;
     let total = summary["lost"].as_u64().context("lost total")?;
@@ -426,7 +426,7 @@ for _ in range(400):
 fn attached_line_names_the_mechanism_for_each_kind_of_event() -> Result<()> {
     skip_unless_kernel!();
     let run = traced_run("", &["--port", "1"], "pass\n")?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let line = run
         .stderr
         .lines()
@@ -488,9 +488,9 @@ for _ in range(3):
     c = socket.create_connection(("127.0.0.1", 23700)); s, _ = srv.accept(); c.close(); s.close()
 "#;
     let filtered = traced_run("", &["--pid", "4000000", "--port", "23700"], py)?;
-    check_clean_exit(&filtered)?;
+    filtered.check_clean_exit()?;
     let unfiltered = traced_run("", &["--port", "23700"], py)?;
-    check_clean_exit(&unfiltered)?;
+    unfiltered.check_clean_exit()?;
     ensure!(
         unfiltered.events.len() > 10,
         "traffic is seen without --pid"
@@ -524,17 +524,6 @@ fn unprivileged_run_says_which_privileges_are_missing() -> Result<()> {
     Ok(())
 }
 
-fn check_clean_exit(run: &Run) -> Result<()> {
-    ensure!(
-        run.exit_code == 0,
-        "portwatch exited {}: {}",
-        run.exit_code,
-        run.stderr
-    );
-    ensure!(run.summary().is_some(), "no summary: {}", run.stderr);
-    Ok(())
-}
-
 /// A container's view: the workload runs in a network namespace of its own,
 /// portwatch outside it. TIME_WAIT must still be confirmed (in the
 /// workload's namespace, where the timewait sockets live) and a bind
@@ -565,7 +554,7 @@ out = subprocess.run(["ss", "-tanH", "state", "time-wait"], capture_output=True,
 print("INNER_TW=%d" % len([l for l in out.splitlines() if l.strip()]), flush=True)
 "#;
     let run = traced_run("", &["--port", "23081"], py)?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     ensure!(run.var("INNER_TW") == Some(3), "{}", run.workload);
     ensure!(run.ss_timewait_count() == 0, "the outer namespace has none");
     let binder = run.var("BINDER").context("binder pid")?;
@@ -617,7 +606,7 @@ fn io_uring_connect_and_bind_failures_are_reported() -> Result<()> {
         &["--port", "24300", "--errors"],
         &py,
     )?;
-    check_clean_exit(&run)?;
+    run.check_clean_exit()?;
     let pid = run.var("PID").context("pid")?;
     ensure!(run.var("CONNECT_FAILED") == Some(3), "{}", run.workload);
     let failed: Vec<&Value> = run
@@ -663,9 +652,9 @@ for _ in range({N}):
 "#
     );
     let full = traced_run("", &["--port", "24400"], &py)?;
-    check_clean_exit(&full)?;
+    full.check_clean_exit()?;
     let agg = traced_run("", &["--port", "24400", "--summary-only"], &py)?;
-    check_clean_exit(&agg)?;
+    agg.check_clean_exit()?;
     ensure!(
         agg.events.len() == 1,
         "nothing but the summary: {:#?}",
