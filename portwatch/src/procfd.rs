@@ -122,8 +122,6 @@ mod tests {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::process::{Command, Stdio};
 
-
-
     fn own_comm() -> String {
         std::fs::read_to_string("/proc/self/comm")
             .unwrap()

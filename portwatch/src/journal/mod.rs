@@ -385,7 +385,6 @@ pub fn encode_frame(rec: &Record, out: &mut Vec<u8>) -> Result<(), JournalError>
     Ok(())
 }
 
-
 /// Reads every segment in `dir`, oldest first. Damaged content is reported
 /// in [`ReadOutcome::damage`]; only an unusable directory is an error. While
 /// a writer is running, a record it is writing at that moment can show up

@@ -317,7 +317,7 @@ fn intact_frame_that_does_not_decode_is_reported_and_skipped() {
 /// format description above, so this pins the on-disk format itself.
 #[test]
 fn reads_a_segment_framed_from_the_format_description() {
-    let seed = include_bytes!("../fuzz/seeds/journal_reader/two_records");
+    let seed = include_bytes!("../../fuzz/seeds/journal_reader/two_records");
     let (got, damage) = read_segment_bytes(seed);
     assert!(damage.is_empty(), "{damage:?}");
     assert_eq!(got.len(), 2);

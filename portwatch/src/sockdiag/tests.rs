@@ -12,7 +12,6 @@ const TIME_WAIT: u8 = 6;
 const CLOSE: u8 = 7;
 const LISTEN: u8 = 10;
 
-
 fn find(entries: &[SocketEntry], proto: Proto, local: StdSocketAddr) -> Vec<&SocketEntry> {
     entries
         .iter()

@@ -5,7 +5,7 @@
 //! is likely to use, and filters on them.
 
 use anyhow::{ensure, Context, Result};
-use integration_tests::{run_portwatch, skip_unless_kernel, traced_run, traced_run_once, Run};
+use integration_tests::{run_portwatch, skip_unless_kernel, traced_run, traced_run_once};
 use serde_json::Value;
 
 /// Process A listens; process B (a child, so another pid) binds the same port.
