@@ -10,7 +10,7 @@ use lru::LruCache;
 use crate::model::{SockId, TcpState};
 
 /// Sockets followed at once; closed ones are forgotten at their CLOSE.
-const MAX_SOCKETS: usize = 65536;
+const MAX_SOCKETS: usize = super::TABLE_CAP;
 
 /// Transitions the state tracepoint reports, other than the ones into CLOSE
 /// (any state may go there) and births. TIME_WAIT never appears: the kernel
