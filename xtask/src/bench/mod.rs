@@ -311,14 +311,16 @@ fn run(env: &Env) -> Result<()> {
     );
     let capacity = sweep::sweep(base, |rate| {
         let s = churn(env, Mode::Trace, Closer::Client, Some(rate), a.seconds)?;
+        let (ring, recursion, inferred) = s.lost_by_reason.unwrap_or((s.lost.unwrap_or(0), 0, 0));
         let p = sweep::Point {
             rate,
             events_per_s: s.events.unwrap_or(0) as f64 / a.seconds,
-            lost: s.lost.unwrap_or(0),
+            lost: ring,
+            other: recursion + inferred,
         };
         eprintln!(
-            "bench: paced {rate:.0} conn/s under trace: {:.0} events/s, {} lost",
-            p.events_per_s, p.lost
+            "bench: paced {rate:.0} conn/s under trace: {:.0} events/s, {} lost in the ring, {} recursion misses and inferred",
+            p.events_per_s, p.lost, p.other
         );
         Ok(p)
     })?;

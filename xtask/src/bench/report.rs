@@ -203,12 +203,16 @@ pub fn report(a: &BenchArgs, modes: &[Mode], closers: &[Closer], r: &Results) ->
         out,
         "zero-loss capacity (trace --json, client closes, paced; in the order run):"
     );
-    let _ = writeln!(out, "{:>12} {:>12} {:>10}", "paced c/s", "events/s", "lost");
+    let _ = writeln!(
+        out,
+        "{:>12} {:>12} {:>10} {:>18}",
+        "paced c/s", "events/s", "ring lost", "recursion+inferred"
+    );
     for p in r.capacity {
         let _ = writeln!(
             out,
-            "{:>12.0} {:>12.0} {:>10}",
-            p.rate, p.events_per_s, p.lost
+            "{:>12.0} {:>12.0} {:>10} {:>18}",
+            p.rate, p.events_per_s, p.lost, p.other
         );
     }
     let _ = writeln!(out, "{}", sweep::verdict(r.capacity));
@@ -372,6 +376,7 @@ mod tests {
             rate: 6_400.0,
             events_per_s: 70_000.0,
             lost: 0,
+            other: 2,
         }];
         let text = report(
             &args,
