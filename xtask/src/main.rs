@@ -104,7 +104,12 @@ enum Task {
         /// first failure (to chase flaky ones).
         #[arg(long, default_value_t = 1)]
         repeat: u32,
-        /// Extra arguments for the kernel test binary, e.g. a name filter.
+        /// Run every kernel test in each guest, not only the ones that
+        /// depend on the kernel (vm::MATRIX_TESTS); about 13 min a guest.
+        #[arg(long)]
+        all_tests: bool,
+        /// Extra arguments for the kernel test binary, e.g. a name filter
+        /// (which replaces the default selection).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -151,6 +156,7 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
             hooks,
             timeout,
             repeat,
+            all_tests,
             args,
         } => {
             let opts = vm::Options {
@@ -168,6 +174,7 @@ fn dispatch(task: Task) -> anyhow::Result<ExitCode> {
                 timeout: std::time::Duration::from_secs(timeout),
                 repeat,
                 test_args: args,
+                all_tests,
             };
             let passed = vm::vm_test(&ctx, &opts)?;
             Ok(if passed {

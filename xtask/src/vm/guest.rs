@@ -76,6 +76,9 @@ pub fn run_guest(
         "--test-threads=1".into(),
         "--color=never".into(),
     ];
+    if opts.test_args.is_empty() && !opts.all_tests {
+        test_cmd.extend(super::MATRIX_TESTS.iter().map(|t| sh_quote(t)));
+    }
     test_cmd.extend(opts.test_args.iter().map(|a| sh_quote(a)));
     // A guest-side deadline, ahead of the host's, so that a hung test shows
     // what it waits on (every user thread's kernel stack) before the guest
