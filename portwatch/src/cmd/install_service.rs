@@ -54,7 +54,21 @@ pub fn run(args: InstallServiceArgs) -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("cannot find this portwatch binary's path")?,
     };
-    if exe.starts_with("/tmp") || exe.components().any(|c| c.as_os_str() == "target") {
+    // The unit's sandbox (PrivateTmp=, ProtectHome=) hides these: systemd
+    // could not even start the binary (status 203/EXEC).
+    let hidden = ["/tmp", "/var/tmp", "/home", "/root", "/run/user"]
+        .iter()
+        .find(|p| exe.starts_with(p));
+    if let Some(p) = hidden {
+        let what = format!(
+            "{} is under {p}, which the unit's sandbox hides from the service (PrivateTmp=, ProtectHome=); copy portwatch to /usr/local/bin and install from there, or pass --binary",
+            exe.display()
+        );
+        if !args.dry_run {
+            bail!("{what}");
+        }
+        eprintln!("portwatch: warning: {what}");
+    } else if exe.components().any(|c| c.as_os_str() == "target") {
         eprintln!(
             "portwatch: warning: the unit will run {} — a build folder; copy portwatch to /usr/local/bin and install from there, or pass --binary",
             exe.display()
@@ -105,5 +119,30 @@ mod tests {
         assert!(unit.contains("Before=network-pre.target"));
         assert!(unit.contains("\nType=notify\n"));
         assert_eq!(unit.matches("ExecStart=").count(), 1);
+    }
+
+    /// systemd could not start a binary the sandbox hides (203/EXEC, as a
+    /// boot test from a CI clone under /tmp showed): refused, saying why.
+    #[test]
+    fn a_binary_the_sandbox_hides_is_refused() {
+        for hidden in [
+            "/tmp/ci/target/debug/portwatch",
+            "/home/alice/bin/portwatch",
+        ] {
+            let dir = tempfile::tempdir().expect("tmp");
+            let args = InstallServiceArgs {
+                dry_run: false,
+                now: false,
+                journal: PathBuf::from("/var/lib/portwatch"),
+                binary: Some(PathBuf::from(hidden)),
+                unit_dir: dir.path().to_string_lossy().into_owned(),
+            };
+            let err = run(args).expect_err(hidden).to_string();
+            assert!(
+                err.contains("PrivateTmp=") && err.contains("/usr/local/bin"),
+                "{err}"
+            );
+            assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none());
+        }
     }
 }

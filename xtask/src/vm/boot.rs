@@ -17,11 +17,14 @@ use super::guest::{base_initramfs, boot, Boot, Booted};
 use super::kernel::Kernel;
 use super::{series_of, Hooks, Options, Outcome};
 
+/// Where the guest's init copies portwatch for the unit: the build folder
+/// may be under /tmp (a CI clone), which the unit's PrivateTmp= hides.
+const INSTALLED: &str = "/usr/local/sbin/portwatch";
+
 /// The recorder unit exactly as `install-service` would write it.
 fn recorder_unit(portwatch: &Path) -> Result<String> {
     let out = Command::new(portwatch)
-        .args(["install-service", "--dry-run", "--binary"])
-        .arg(portwatch)
+        .args(["install-service", "--dry-run", "--binary", INSTALLED])
         .args(["--journal", "/var/lib/portwatch"])
         .output()
         .context("running portwatch install-service --dry-run")?;
@@ -184,6 +187,12 @@ pub fn run_boot_guest(
     ] {
         cpio.file(&format!("overlay/etc/pw/{name}"), 0o755, body.as_bytes());
     }
+    // The init copies this file to INSTALLED before systemd starts.
+    cpio.file(
+        "overlay/etc/pw/binary",
+        0o644,
+        portwatch.to_string_lossy().as_bytes(),
+    );
     let recorder = recorder_unit(portwatch)?;
     cpio.file(
         &format!("{units}/portwatch-record.service"),
