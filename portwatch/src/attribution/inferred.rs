@@ -54,6 +54,15 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         if !self.pending_binds.is_empty() && !hints.bind_confirmed {
             self.expire_binds_before(ev.time - CONFIRM_WAIT_NS, out);
         }
+        // A listener closing within that wait (its process killed right
+        // after the failed bind): judge the attempts on its port by what
+        // held the port when they were made, before the close is learned.
+        if !self.pending_binds.is_empty()
+            && ev.old_state == Some(TcpState::Listen)
+            && ev.new_state == Some(TcpState::Close)
+        {
+            self.note_holders_before_close(ev);
+        }
         let tid = ev.tid.unwrap_or(0);
         // Anything else from a thread with an attempt outstanding: the
         // attempt's system call has returned without a confirmation.
@@ -124,9 +133,41 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         }
     }
 
+    /// Stores, in each attempt on `close`'s port made before it, the
+    /// holder the port has until `close` is learned.
+    fn note_holders_before_close(&mut self, close: &Event) {
+        let tids: Vec<u32> = self
+            .pending_binds
+            .by_tid
+            .iter()
+            .filter(|(_, p)| {
+                p.holder.is_none()
+                    && p.sport == close.sport
+                    && p.netns == close.netns
+                    && p.time <= close.time
+            })
+            .map(|(tid, _)| *tid)
+            .collect();
+        for tid in tids {
+            let Some(attempt) = self.pending_binds.by_tid.get(&tid).cloned() else {
+                continue;
+            };
+            if let Ok(Some(h)) = self.holder(&attempt) {
+                if let Some(p) = self.pending_binds.by_tid.get_mut(&tid) {
+                    p.holder = Some(Box::new(h));
+                }
+            }
+        }
+    }
+
     fn bind_failed(&mut self, mut ev: Event, out: &mut Vec<Event>) {
         ev.set_ret(-errno::EADDRINUSE);
-        match self.holder(&ev) {
+        // The holder noted before its listener closed, else the one now.
+        let found = match ev.holder.take() {
+            Some(h) => Ok(Some(*h)),
+            None => self.holder(&ev),
+        };
+        match found {
             Ok(Some(h)) => {
                 ev.holder = Some(Box::new(h));
                 ev.inferred = Some(format!(

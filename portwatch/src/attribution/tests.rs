@@ -666,6 +666,32 @@ fn cgroup_bind_attempts_pair_with_their_confirmations() {
     assert!(!a.has_pending());
 }
 
+/// The holder's process is killed right after the failed bind (the
+/// exporter's kernel test did this): its listener's close arrives before
+/// the attempt has waited out its confirmation, and the socket is gone
+/// from the table by then. The failure still names what held the port.
+#[test]
+fn a_failed_bind_keeps_its_holder_when_the_listener_closes_right_after() {
+    let mut a = Attributor::new(FakeSockets::default(), FakeProcs(0));
+    let mut listen = state(5, TcpState::Close, TcpState::Listen, 8080, 0);
+    listen.event = EventKind::Listen;
+    listen.saddr = Some(ip("0.0.0.0"));
+    a.process(msg(listen));
+    assert!(a.process(bind_hook(6, 2_000_000, 8080, true)).is_empty());
+    // 0.2 ms later, within the confirmation's wait: the listener closes.
+    let mut close = state(5, TcpState::Listen, TcpState::Close, 8080, 0);
+    close.time = 2_200_000;
+    close.saddr = Some(ip("0.0.0.0"));
+    a.process(msg(close));
+    let out = a.poll(2_000_000 + 300_000_000, false);
+    let bind = out
+        .iter()
+        .find(|e| e.event == EventKind::Bind)
+        .expect("the failed bind");
+    assert_eq!(bind.errno.as_deref(), Some("EADDRINUSE"), "{bind:#?}");
+    assert_eq!(bind.holder.as_ref().and_then(|h| h.pid), Some(5));
+}
+
 /// Without a connect hook, outcomes come from the client's transitions.
 #[test]
 fn connect_outcomes_are_inferred_from_the_state_tracepoint() {
