@@ -3,10 +3,9 @@
 //! scraped with curl and its counters compared with what the workload did,
 //! and its label cardinality under many short-lived processes.
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, ensure, Context, Result};
 use integration_tests::{in_netns_with, need_tool, skip_unless_kernel};
+use prometheus_parse::{Sample, Scrape, Value};
 
 /// Client connections that close first (TIME_WAIT on the client), each
 /// from a process named as asked; a server that closes only on the
@@ -67,36 +66,31 @@ fn wait_for(cond: &str, tries: u32, what: &str) -> String {
     )
 }
 
-/// The `portwatch_*` samples of an exposition: (name, labels) -> value.
-fn samples(text: &str) -> BTreeMap<(String, String), f64> {
-    text.lines()
-        .filter(|l| l.starts_with("portwatch_"))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
-            Some((
-                (name.to_owned(), labels.trim_end_matches('}').to_owned()),
-                value.parse().ok()?,
-            ))
-        })
-        .collect()
+/// The samples of an exposition, read by a Prometheus text parser.
+fn samples(text: &str) -> Vec<Sample> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    Scrape::parse(lines).map_or_else(|_| Vec::new(), |s| s.samples)
 }
 
-/// The value of `name` for the series whose labels contain `label`.
-fn value(s: &BTreeMap<(String, String), f64>, name: &str, label: &str) -> Option<f64> {
+/// A counter's, gauge's or untyped sample's value.
+fn number(s: &Sample) -> Option<f64> {
+    match s.value {
+        Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => Some(x),
+        _ => None,
+    }
+}
+
+/// The value of the `name` series carrying all of `labels`.
+fn value(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     s.iter()
-        .find(|((n, l), _)| n == name && l.contains(label))
-        .map(|(_, v)| *v)
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .and_then(number)
 }
 
 /// (sum, number of series) of `name`.
-fn total(s: &BTreeMap<(String, String), f64>, name: &str) -> (f64, usize) {
-    let v: Vec<f64> = s
-        .iter()
-        .filter(|((n, _), _)| n == name)
-        .map(|(_, v)| *v)
-        .collect();
-    (v.iter().sum(), v.len())
+fn total(s: &[Sample], name: &str) -> (f64, usize) {
+    let values = s.iter().filter(|x| x.metric == name).filter_map(number);
+    values.fold((0.0, 0), |(sum, n), v| (sum + v, n + 1))
 }
 
 /// `portwatch serve` in a fresh namespace, watching only it, scraped once
@@ -137,7 +131,7 @@ wait $pw && echo 0 >"$D/rc" || echo $? >"$D/rc"
     ))
 }
 
-fn lost(s: &BTreeMap<(String, String), f64>) -> f64 {
+fn lost(s: &[Sample]) -> f64 {
     total(s, "portwatch_lost_events_total").0
 }
 
@@ -165,21 +159,21 @@ fn serve_counts_what_the_workload_did() -> Result<()> {
         "promtool: {promtool}\n{text}"
     );
     let s = samples(&text);
-    let client = r#"comm="twclient""#;
+    let client: &[_] = &[("comm", "twclient")];
     let checks = [
         ("portwatch_tcp_timewait_entries_total", client, 40.0),
         ("portwatch_tcp_connects_total", client, 40.0),
         ("portwatch_tcp_timewait_sockets", client, 40.0),
         (
             "portwatch_bind_failures_total",
-            r#"errno="EADDRINUSE",comm="binder""#,
+            &[("errno", "EADDRINUSE"), ("comm", "binder")],
             3.0,
         ),
     ];
     for (name, label, want) in checks {
         ensure!(
             value(&s, name, label) == Some(want),
-            "{name}{{{label}}} should be {want}:\n{text}"
+            "{name}{label:?} should be {want}:\n{text}"
         );
     }
     // The pool towards the server, as ss counts it (client side: the local
@@ -192,7 +186,7 @@ fn serve_counts_what_the_workload_did() -> Result<()> {
         in_pool == 40,
         "ss shows {in_pool} sockets towards the server:\n{ss}"
     );
-    let dest = r#"daddr="127.0.0.1",dport="24301""#;
+    let dest = &[("daddr", "127.0.0.1"), ("dport", "24301")];
     ensure!(
         value(&s, "portwatch_ephemeral_ports_in_use", dest) == Some(in_pool as f64),
         "pool:\n{text}"
@@ -201,7 +195,7 @@ fn serve_counts_what_the_workload_did() -> Result<()> {
         value(&s, "portwatch_destination_timewait_sockets", dest) == Some(40.0),
         "{text}"
     );
-    let established = r#"old_state="SYN_SENT",new_state="ESTABLISHED""#;
+    let established = &[("old_state", "SYN_SENT"), ("new_state", "ESTABLISHED")];
     ensure!(
         value(&s, "portwatch_tcp_transitions_total", established).is_some_and(|v| v >= 40.0),
         "{text}"
@@ -247,7 +241,7 @@ fn serve_bounds_its_series_under_many_short_lived_processes() -> Result<()> {
         value(
             &s,
             "portwatch_tcp_timewait_entries_total",
-            r#"comm="other""#
+            &[("comm", "other")]
         )
         .is_some_and(|v| v >= 25.0),
         "the 25 beyond the first five are other's:\n{text}"

@@ -1,5 +1,6 @@
-use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+use prometheus_parse::{Sample, Scrape, Value};
 
 use super::*;
 use crate::model::Side;
@@ -26,33 +27,30 @@ fn tw(time: i128, pid: u32, comm: &str, sport: u16) -> Event {
     ev
 }
 
-/// (metric name, labels) -> value, from the exposition.
-fn samples(text: &str) -> BTreeMap<(String, String), f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("sample");
-            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-            let v: f64 = value.parse().expect("value");
-            (
-                (name.to_owned(), labels.trim_end_matches('}').to_owned()),
-                v,
-            )
-        })
-        .collect()
+/// The exposition as a Prometheus text parser reads it.
+fn encode(m: &Metrics, v: &ViewState) -> Vec<Sample> {
+    let text = m.encode(v).expect("encode");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    Scrape::parse(lines).expect("exposition").samples
 }
 
-fn sum(s: &BTreeMap<(String, String), f64>, name: &str) -> (f64, usize) {
-    let v: Vec<f64> = s
-        .iter()
-        .filter(|((n, _), _)| n == name)
-        .map(|(_, v)| *v)
-        .collect();
-    (v.iter().sum(), v.len())
+fn number(s: &Sample) -> f64 {
+    let (Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x)) = s.value else {
+        panic!("{} is not a number: {:?}", s.metric, s.value)
+    };
+    x
 }
 
-fn encode(m: &Metrics, v: &ViewState) -> BTreeMap<(String, String), f64> {
-    samples(&m.encode(v).expect("encode"))
+/// (sum, number of series) of `name`.
+fn sum(s: &[Sample], name: &str) -> (f64, usize) {
+    let of_name = s.iter().filter(|x| x.metric == name);
+    of_name.fold((0.0, 0), |(t, n), x| (t + number(x), n + 1))
+}
+
+/// The value of the `name` series that has every one of `labels`.
+fn get(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let has = |x: &&Sample| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v));
+    s.iter().filter(|x| x.metric == name).find(has).map(number)
 }
 
 #[test]
@@ -77,26 +75,27 @@ fn counters_count_what_happened_by_process_and_errno() {
     st.new_state = Some(TcpState::Established);
     m.add(&st);
     let s = encode(&m, &v);
-    let client = r#"comm="client",unit="",container_runtime="",container_id="",pod_uid="""#;
-    let key = |n: &str, l: &str| (n.to_owned(), l.to_owned());
+    let client = [
+        ("comm", "client"),
+        ("unit", ""),
+        ("container_runtime", ""),
+        ("container_id", ""),
+        ("pod_uid", ""),
+    ];
     assert_eq!(
-        s.get(&key("portwatch_tcp_timewait_entries_total", client)),
-        Some(&3.0)
+        get(&s, "portwatch_tcp_timewait_entries_total", &client),
+        Some(3.0)
     );
+    let failed = [&client[..], &[("errno", "EADDRNOTAVAIL")]].concat();
     assert_eq!(
-        s.get(&key(
-            "portwatch_connect_failures_total",
-            &format!(r#"errno="EADDRNOTAVAIL",{client}"#)
-        )),
-        Some(&1.0)
+        get(&s, "portwatch_connect_failures_total", &failed),
+        Some(1.0)
     );
     assert_eq!(sum(&s, "portwatch_bind_failures_total"), (1.0, 1));
+    let established = [("old_state", "SYN_SENT"), ("new_state", "ESTABLISHED")];
     assert_eq!(
-        s.get(&key(
-            "portwatch_tcp_transitions_total",
-            r#"old_state="SYN_SENT",new_state="ESTABLISHED""#
-        )),
-        Some(&1.0)
+        get(&s, "portwatch_tcp_transitions_total", &established),
+        Some(1.0)
     );
     assert_eq!(sum(&s, "portwatch_events_total").0, 7.0);
     assert_eq!(sum(&s, "portwatch_lost_events_total"), (0.0, 3));
@@ -115,8 +114,8 @@ fn many_short_lived_processes_stay_within_k_series_and_sum_exactly() {
     let (total, series) = sum(&s, "portwatch_tcp_timewait_entries_total");
     assert_eq!(total, want);
     assert_eq!(series, 6, "five named and other");
-    let other = r#"comm="other",unit="",container_runtime="",container_id="",pod_uid="""#;
-    assert!(s.contains_key(&("portwatch_tcp_timewait_entries_total".into(), other.into())));
+    let other = [("comm", "other"), ("unit", ""), ("pod_uid", "")];
+    assert!(get(&s, "portwatch_tcp_timewait_entries_total", &other).is_some());
 
     // Idle series are folded into other: the sum stays, the place frees.
     let before = sum(
@@ -129,9 +128,8 @@ fn many_short_lived_processes_stay_within_k_series_and_sum_exactly() {
     let s = encode(&m, &ViewState::new(0));
     let (total, series) = sum(&s, "portwatch_tcp_timewait_entries_total");
     assert_eq!((total, series), (before + 1.0, 2));
-    assert!(s
-        .keys()
-        .any(|(n, l)| n == "portwatch_tcp_timewait_entries_total" && l.contains("late")));
+    let late = [("comm", "late")];
+    assert!(get(&s, "portwatch_tcp_timewait_entries_total", &late).is_some());
 }
 
 #[test]
@@ -183,26 +181,20 @@ fn gauges_name_the_largest_and_sum_the_rest() {
     let s = encode(&Metrics::new(2), &v);
     let (total, series) = sum(&s, "portwatch_tcp_timewait_sockets");
     assert_eq!((total, series), (21.0, 3));
-    let top = s
-        .iter()
-        .filter(|((name, _), _)| name == "portwatch_tcp_timewait_sockets")
-        .map(|((_, l), v)| (l.split(',').next().unwrap_or_default().to_owned(), *v))
-        .collect::<BTreeMap<_, _>>();
-    assert_eq!(top.get(r#"comm="p5""#), Some(&6.0));
-    assert_eq!(top.get(r#"comm="p4""#), Some(&5.0));
-    assert_eq!(top.get(r#"comm="other""#), Some(&10.0));
+    let held = |comm| get(&s, "portwatch_tcp_timewait_sockets", &[("comm", comm)]);
+    assert_eq!(held("p5"), Some(6.0));
+    assert_eq!(held("p4"), Some(5.0));
+    assert_eq!(held("other"), Some(10.0));
     assert_eq!(sum(&s, "portwatch_ephemeral_ports_in_use"), (22.0, 2));
     assert_eq!(sum(&s, "portwatch_destination_timewait_sockets"), (21.0, 2));
-    let d8080 = r#"netns="",daddr="127.0.0.1",dport="8080""#;
+    let d8080 = [("netns", ""), ("daddr", "127.0.0.1"), ("dport", "8080")];
     assert_eq!(
-        s.get(&("portwatch_ephemeral_ports_capacity".into(), d8080.into())),
-        Some(&1000.0)
+        get(&s, "portwatch_ephemeral_ports_capacity", &d8080),
+        Some(1000.0)
     );
     // Only one destination fits in k=1: the rest become other.
     let s = encode(&Metrics::new(1), &v);
     assert_eq!(sum(&s, "portwatch_ephemeral_ports_in_use"), (22.0, 2));
-    assert!(s.contains_key(&(
-        "portwatch_ephemeral_ports_in_use".into(),
-        r#"netns="",daddr="other",dport="""#.into()
-    )));
+    let other = [("netns", ""), ("daddr", "other"), ("dport", "")];
+    assert!(get(&s, "portwatch_ephemeral_ports_in_use", &other).is_some());
 }
