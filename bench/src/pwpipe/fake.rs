@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use portwatch::attribution::{PortSocket, ProcessInfo, ProcessLookup, SocketProbe};
+use portwatch::attribution::{PortSocket, ProcessInfo, ProcessLookup, SocketProbe, Tuple};
 use portwatch::model::{PoolUse, Protocol, SmolStr, TcpState};
 
 use crate::churn::{CLIENTS, DESTS, FAILING, NETNS, SERVERS};
@@ -13,14 +13,7 @@ use crate::churn::{CLIENTS, DESTS, FAILING, NETNS, SERVERS};
 pub struct Sockets;
 
 impl SocketProbe for Sockets {
-    fn tcp_state(
-        &mut self,
-        _: Option<u64>,
-        _: IpAddr,
-        sport: u16,
-        _: IpAddr,
-        dport: u16,
-    ) -> Option<TcpState> {
+    fn tcp_state(&mut self, _: Option<u64>, (_, sport, _, dport): Tuple) -> Option<TcpState> {
         (!(sport ^ dport).is_multiple_of(64)).then_some(TcpState::TimeWait)
     }
 

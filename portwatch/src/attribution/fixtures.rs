@@ -1,10 +1,9 @@
 //! Test fixtures shared by attribution's tests and the pipeline's.
 
 use std::cell::Cell;
-use std::net::IpAddr;
 use std::rc::Rc;
 
-use super::{PortSocket, SocketProbe};
+use super::{PortSocket, SocketProbe, Tuple};
 use crate::model::TcpState;
 
 /// A socket table that says every socket is in the state set last (a
@@ -23,14 +22,7 @@ impl AnyState {
 }
 
 impl SocketProbe for AnyState {
-    fn tcp_state(
-        &mut self,
-        _: Option<u64>,
-        _: IpAddr,
-        _: u16,
-        _: IpAddr,
-        _: u16,
-    ) -> Option<TcpState> {
+    fn tcp_state(&mut self, _: Option<u64>, _: Tuple) -> Option<TcpState> {
         self.0.get()
     }
     fn on_port(&mut self, _: Option<u64>, _: u16) -> Result<Vec<PortSocket>, String> {

@@ -56,14 +56,7 @@ pub struct PortSocket {
 /// network namespace to look in (the event owner's), when known.
 pub trait SocketProbe {
     /// The state of the TCP socket with this 4-tuple, if it exists.
-    fn tcp_state(
-        &mut self,
-        netns: Option<u64>,
-        saddr: IpAddr,
-        sport: u16,
-        daddr: IpAddr,
-        dport: u16,
-    ) -> Option<TcpState>;
+    fn tcp_state(&mut self, netns: Option<u64>, tuple: Tuple) -> Option<TcpState>;
     /// Every TCP and UDP socket whose local port is `port`; why not, when
     /// the table could not be read.
     fn on_port(&mut self, netns: Option<u64>, port: u16) -> Result<Vec<PortSocket>, String>;
@@ -86,10 +79,7 @@ pub trait SocketProbe {
         tuples: &[Tuple],
         out: &mut Vec<Option<TcpState>>,
     ) {
-        for &(sa, sp, da, dp) in tuples {
-            let state = self.tcp_state(netns, sa, sp, da, dp);
-            out.push(state);
-        }
+        out.extend(tuples.iter().map(|&t| self.tcp_state(netns, t)));
     }
 }
 
@@ -125,14 +115,7 @@ pub trait ProcessLookup {
 pub struct Offline;
 
 impl SocketProbe for Offline {
-    fn tcp_state(
-        &mut self,
-        _: Option<u64>,
-        _: IpAddr,
-        _: u16,
-        _: IpAddr,
-        _: u16,
-    ) -> Option<TcpState> {
+    fn tcp_state(&mut self, _: Option<u64>, _: Tuple) -> Option<TcpState> {
         None
     }
     fn on_port(&mut self, _: Option<u64>, _: u16) -> Result<Vec<PortSocket>, String> {
@@ -759,7 +742,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             .and_then(Option::take);
         let state = match prefetched {
             Some(state) => state,
-            None => self.sockets.tcp_state(ev.netns, t.0, t.1, t.2, t.3),
+            None => self.sockets.tcp_state(ev.netns, t),
         };
         match state {
             Some(TcpState::TimeWait) => Closed::TimeWait,

@@ -13,16 +13,9 @@ struct FakeSockets {
 }
 
 impl SocketProbe for FakeSockets {
-    fn tcp_state(
-        &mut self,
-        _: Option<u64>,
-        sa: IpAddr,
-        sp: u16,
-        da: IpAddr,
-        dp: u16,
-    ) -> Option<TcpState> {
+    fn tcp_state(&mut self, _: Option<u64>, t: Tuple) -> Option<TcpState> {
         self.lookups += 1;
-        self.states.get(&(sa, sp, da, dp)).copied()
+        self.states.get(&t).copied()
     }
     fn on_port(&mut self, _: Option<u64>, port: u16) -> Result<Vec<PortSocket>, String> {
         Ok(self.ports.get(&port).cloned().unwrap_or_default())
@@ -136,15 +129,7 @@ struct Namespaces {
 }
 
 impl SocketProbe for Namespaces {
-    fn tcp_state(
-        &mut self,
-        netns: Option<u64>,
-        sa: IpAddr,
-        sp: u16,
-        da: IpAddr,
-        dp: u16,
-    ) -> Option<TcpState> {
-        let t = (sa, sp, da, dp);
+    fn tcp_state(&mut self, netns: Option<u64>, t: Tuple) -> Option<TcpState> {
         self.timewait
             .contains(&(netns, t))
             .then_some(TcpState::TimeWait)
@@ -159,10 +144,7 @@ impl SocketProbe for Namespaces {
         out: &mut Vec<Option<TcpState>>,
     ) {
         self.batches.push((netns, tuples.len()));
-        for &(sa, sp, da, dp) in tuples {
-            let state = self.tcp_state(netns, sa, sp, da, dp);
-            out.push(state);
-        }
+        out.extend(tuples.iter().map(|&t| self.tcp_state(netns, t)));
     }
 }
 

@@ -200,10 +200,7 @@ impl SocketProbe for LiveSockets {
     fn tcp_state(
         &mut self,
         netns: Option<u64>,
-        saddr: IpAddr,
-        sport: u16,
-        daddr: IpAddr,
-        dport: u16,
+        (saddr, sport, daddr, dport): Tuple,
     ) -> Option<TcpState> {
         let result = self
             .diag(netns)

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::net::IpAddr;
 use std::process::Command;
 
 use windows_sys::Win32::Foundation::{
@@ -33,7 +32,7 @@ use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken}
 
 use super::doctor::RegValue;
 use super::tables::{self, Row, Table};
-use crate::attribution::{PortSocket, ProcessInfo, ProcessLookup, SocketProbe};
+use crate::attribution::{PortSocket, ProcessInfo, ProcessLookup, SocketProbe, Tuple};
 use crate::model::TcpState;
 
 fn wide(s: &str) -> Vec<u16> {
@@ -333,17 +332,10 @@ fn tcp_state(name: &str) -> Option<TcpState> {
 }
 
 impl SocketProbe for WinSockets {
-    fn tcp_state(
-        &mut self,
-        _: Option<u64>,
-        sa: IpAddr,
-        sp: u16,
-        da: IpAddr,
-        dp: u16,
-    ) -> Option<TcpState> {
+    fn tcp_state(&mut self, _: Option<u64>, t: Tuple) -> Option<TcpState> {
         socket_rows().0.into_iter().find_map(|r| {
             (r.protocol == crate::model::Protocol::Tcp
-                && (r.local, r.lport, r.remote, r.rport) == (sa, sp, da, dp))
+                && (r.local, r.lport, r.remote, r.rport) == t)
                 .then(|| tcp_state(&r.state))
                 .flatten()
         })
