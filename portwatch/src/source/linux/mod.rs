@@ -327,15 +327,7 @@ impl LinuxCollector {
     ) -> Result<std::collections::HashMap<u32, (u64, String)>, CollectorError> {
         if let Some(ebpf) = self.ebpf.as_mut() {
             for (_, p) in ebpf.programs_mut() {
-                let _ = match p {
-                    aya::programs::Program::KProbe(p) => p.unload(),
-                    aya::programs::Program::FExit(p) => p.unload(),
-                    aya::programs::Program::FEntry(p) => p.unload(),
-                    aya::programs::Program::TracePoint(p) => p.unload(),
-                    aya::programs::Program::CgroupSockAddr(p) => p.unload(),
-                    aya::programs::Program::CgroupSock(p) => p.unload(),
-                    _ => Ok(()),
-                };
+                probe::unload_program(p);
             }
         }
         let counts = self.proc_counts().unwrap_or_default();

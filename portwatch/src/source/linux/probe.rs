@@ -5,7 +5,8 @@ use std::path::Path;
 
 use aya::maps::MapType;
 use aya::programs::{
-    CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe, ProgramType, TracePoint,
+    CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe, Program, ProgramError,
+    ProgramType, TracePoint,
 };
 use aya::sys::{is_map_supported, is_program_supported};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -83,39 +84,24 @@ pub fn tracepoint_exists(category: &str, name: &str) -> bool {
 }
 
 fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), String> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    p.load()
-        .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
+    let p: &mut TracePoint = program(ebpf, prog)?;
+    p.load().map_err(|e| load_failed(prog, &e))?;
     p.attach(category, name)
         .map_err(|e| format!("attach {category}:{name}: {}", error_chain(&e)))?;
     Ok(())
 }
 
 fn fexit(ebpf: &mut Ebpf, btf: &Btf, prog: &str, func: &str) -> Result<(), String> {
-    let p: &mut FExit = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    p.load(func, btf)
-        .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
+    let p: &mut FExit = program(ebpf, prog)?;
+    p.load(func, btf).map_err(|e| load_failed(prog, &e))?;
     p.attach()
         .map_err(|e| format!("attach fexit {func}: {}", error_chain(&e)))?;
     Ok(())
 }
 
 fn fentry(ebpf: &mut Ebpf, btf: &Btf, prog: &str, func: &str) -> Result<(), String> {
-    let p: &mut FEntry = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    p.load(func, btf)
-        .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
+    let p: &mut FEntry = program(ebpf, prog)?;
+    p.load(func, btf).map_err(|e| load_failed(prog, &e))?;
     p.attach()
         .map_err(|e| format!("attach fentry {func}: {}", error_chain(&e)))?;
     Ok(())
@@ -123,13 +109,8 @@ fn fentry(ebpf: &mut Ebpf, btf: &Btf, prog: &str, func: &str) -> Result<(), Stri
 
 /// Loads `prog` once and attaches it to each of `funcs`.
 fn kprobe(ebpf: &mut Ebpf, prog: &str, funcs: &[&str]) -> Result<(), String> {
-    let p: &mut KProbe = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    p.load()
-        .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
+    let p: &mut KProbe = program(ebpf, prog)?;
+    p.load().map_err(|e| load_failed(prog, &e))?;
     for f in funcs {
         p.attach(*f, 0)
             .map_err(|e| format!("attach kprobe {f}: {}", error_chain(&e)))?;
@@ -148,24 +129,14 @@ fn cgroup(ebpf: &mut Ebpf, addr_progs: &[&str], sock_progs: &[&str]) -> Result<(
         .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_owned())?;
     let dir = std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
     for prog in addr_progs {
-        let p: &mut CgroupSockAddr = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("program {prog} missing"))?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
-        p.load()
-            .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
+        let p: &mut CgroupSockAddr = program(ebpf, prog)?;
+        p.load().map_err(|e| load_failed(prog, &e))?;
         p.attach(&dir, CgroupAttachMode::Single)
             .map_err(|e| format!("attach {prog} to {}: {}", root.display(), error_chain(&e)))?;
     }
     for prog in sock_progs {
-        let p: &mut CgroupSock = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("program {prog} missing"))?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
-        p.load()
-            .map_err(|e| format!("load {prog}: {}", error_chain(&e)))?;
+        let p: &mut CgroupSock = program(ebpf, prog)?;
+        p.load().map_err(|e| load_failed(prog, &e))?;
         p.attach(&dir, CgroupAttachMode::Single)
             .map_err(|e| format!("attach {prog} to {}: {}", root.display(), error_chain(&e)))?;
     }
@@ -176,17 +147,38 @@ fn cgroup(ebpf: &mut Ebpf, addr_progs: &[&str], sock_progs: &[&str]) -> Result<(
 fn unload(ebpf: &mut Ebpf, progs: &[&str]) {
     for name in progs {
         if let Some(p) = ebpf.program_mut(name) {
-            let _ = match p {
-                aya::programs::Program::KProbe(p) => p.unload(),
-                aya::programs::Program::FExit(p) => p.unload(),
-                aya::programs::Program::FEntry(p) => p.unload(),
-                aya::programs::Program::TracePoint(p) => p.unload(),
-                aya::programs::Program::CgroupSockAddr(p) => p.unload(),
-                aya::programs::Program::CgroupSock(p) => p.unload(),
-                _ => Ok(()),
-            };
+            unload_program(p);
         }
     }
+}
+
+/// Detaches and unloads one program, whatever its kind; one that is not
+/// loaded is left as it is.
+pub(super) fn unload_program(p: &mut Program) {
+    let _ = match p {
+        Program::KProbe(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::CgroupSockAddr(p) => p.unload(),
+        Program::CgroupSock(p) => p.unload(),
+        _ => Ok(()),
+    };
+}
+
+/// The program `prog` of the object, as the kind it was built as.
+fn program<'a, T>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing"))?;
+    p.try_into().map_err(|e: ProgramError| e.to_string())
+}
+
+fn load_failed(prog: &str, e: &dyn std::error::Error) -> String {
+    format!("load {prog}: {}", error_chain(e))
 }
 
 type AttachFn<'a> = Box<dyn Fn(&mut Ebpf) -> Result<(), String> + 'a>;
