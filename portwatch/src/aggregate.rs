@@ -50,17 +50,23 @@ pub struct LostByReason {
     pub ring_buffer: u64,
     pub recursion: u64,
     pub inferred: u64,
+    pub overflow: u64,
 }
 
 impl LostByReason {
-    fn add(&mut self, reason: Option<LostReason>, n: u64) {
+    pub fn add(&mut self, reason: Option<LostReason>, n: u64) {
         match reason {
             Some(LostReason::Recursion) => self.recursion += n,
             Some(LostReason::Inferred) => self.inferred += n,
+            Some(LostReason::Overflow) => self.overflow += n,
             // A recording from before reasons were kept: the ring buffer
             // was the only reason then.
             Some(LostReason::RingBuffer) | None => self.ring_buffer += n,
         }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ring_buffer + self.recursion + self.inferred + self.overflow
     }
 }
 
@@ -513,6 +519,7 @@ mod tests {
         agg.add(&b);
         agg.add(&Event::lost(1, 7, LostReason::RingBuffer));
         agg.add(&Event::lost(1, 2, LostReason::Inferred));
+        agg.add(&Event::lost(1, 3, LostReason::Overflow));
         let s = agg.summary(2);
         let p = &s.processes[0];
         assert_eq!(p.connect_failures.len(), 1);
@@ -529,13 +536,14 @@ mod tests {
                 count: 2
             }]
         );
-        assert_eq!(s.lost, 9);
+        assert_eq!(s.lost, 12);
         assert_eq!(
             s.lost_by_reason,
             LostByReason {
                 ring_buffer: 7,
                 recursion: 0,
-                inferred: 2
+                inferred: 2,
+                overflow: 3,
             }
         );
         assert_eq!(s.events, 4);

@@ -265,6 +265,7 @@ fn lost_reason(r: LostReason) -> &'static str {
         LostReason::RingBuffer => "ring_buffer",
         LostReason::Recursion => "recursion",
         LostReason::Inferred => "inferred",
+        LostReason::Overflow => "overflow",
     }
 }
 

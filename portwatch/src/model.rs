@@ -129,7 +129,8 @@ impl EventKind {
 }
 
 /// Why events are missing. Each is counted apart: the kernel reports the
-/// first two, portwatch infers the third from a socket's chain of states.
+/// first two, portwatch infers the third from a socket's chain of states,
+/// and the fourth is portwatch's own bound on what it follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LostReason {
@@ -141,6 +142,10 @@ pub enum LostReason {
     /// A socket's transitions do not chain (an old state that is not the
     /// last new state seen): transitions went missing that no counter saw.
     Inferred,
+    /// A table of userspace's was full: closes it was following into
+    /// TIME_WAIT (waiting in FIN_WAIT2 for the peer) were given up, so
+    /// their TIME_WAIT entries, if any, are not reported.
+    Overflow,
 }
 
 impl LostReason {
@@ -149,6 +154,7 @@ impl LostReason {
             LostReason::RingBuffer => "ring buffer full",
             LostReason::Recursion => "kernel skipped the program (recursion)",
             LostReason::Inferred => "inferred from a broken chain of states",
+            LostReason::Overflow => "portwatch's table of pending closes was full",
         }
     }
 }

@@ -382,8 +382,9 @@ impl<W: Write> Sink for TextSink<W> {
             "nothing lost".to_owned()
         } else {
             format!(
-                "{} lost (ring buffer {}, recursion {}, inferred from broken chains {})",
-                s.lost, l.ring_buffer, l.recursion, l.inferred
+                "{} lost (ring buffer {}, recursion {}, inferred from broken chains {}, \
+                 pending closes given up {})",
+                s.lost, l.ring_buffer, l.recursion, l.inferred, l.overflow
             )
         };
         let line = if s.events == 0 {

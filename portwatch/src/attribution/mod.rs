@@ -12,6 +12,8 @@
 //! The system is reached only through [`SocketProbe`] and [`ProcessLookup`],
 //! so this module is tested from recorded events without root.
 
+#[cfg(test)]
+mod capacity_tests;
 mod chain;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -242,6 +244,8 @@ pub struct Attributor<S, P> {
     /// orphan whose FIN was acked before the peer's FIN came): it becomes
     /// TIME_WAIT when that FIN arrives. [`Attributor::poll`] re-checks them.
     fw2_pending: ByTuple<Event>,
+    /// Whether `fw2_pending` has overflowed yet (warned about once).
+    fw2_overflowed: bool,
     /// Connections that existed before the trace, with their owners from
     /// the start-up snapshot; each is used (and forgotten) when the socket
     /// is first seen.
@@ -276,6 +280,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             prefetched: ByTuple::default(),
             prefetch_scratch: Default::default(),
             fw2_pending: ByTuple::default(),
+            fw2_overflowed: false,
             preexisting: ByTuple::default(),
             pending_binds: inferred::PendingBinds::default(),
             infer_connects: false,
@@ -413,6 +418,26 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
             }
         }
         out
+    }
+
+    /// The table of closes waiting in FIN_WAIT2 is full: gives up the
+    /// oldest eighth of them (so that this is rare and cheap, not once per
+    /// close) and says so, as lost events with reason `overflow`: their
+    /// TIME_WAIT entries, if they reach it, go unreported.
+    fn give_up_oldest_fw2(&mut self, now: i128, out: &mut Vec<Event>) {
+        let mut times: Vec<i128> = self.fw2_pending.values().map(|ev| ev.time).collect();
+        let n = (MAX_FW2_PENDING / 8).min(times.len().saturating_sub(1));
+        let (_, &mut cutoff, _) = times.select_nth_unstable(n);
+        let before = self.fw2_pending.len();
+        self.fw2_pending.retain(|_, ev| ev.time > cutoff);
+        let given_up = before - self.fw2_pending.len();
+        if !std::mem::replace(&mut self.fw2_overflowed, true) {
+            log::warn!(
+                "more than {MAX_FW2_PENDING} closes waiting in FIN_WAIT2 at once: the oldest \
+                 are given up and counted as lost (reason overflow)"
+            );
+        }
+        out.push(Event::lost(now, given_up as u64, LostReason::Overflow));
     }
 
     /// Whether [`Attributor::poll`] has anything to re-check.
@@ -656,7 +681,7 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
                     Closed::Fw2 => {
                         if let Some(t) = tuple(&ev) {
                             if self.fw2_pending.len() >= MAX_FW2_PENDING {
-                                self.fw2_pending.clear();
+                                self.give_up_oldest_fw2(ev.time, out);
                             }
                             self.fw2_pending.insert(NsKey::new(ev.netns, t), ev.clone());
                         }

@@ -148,6 +148,7 @@ fn random_event(r: &mut Rng) -> Event {
             LostReason::RingBuffer,
             LostReason::Recursion,
             LostReason::Inferred,
+            LostReason::Overflow,
         ])
     });
     let any = r.next();

@@ -17,7 +17,7 @@ pub use snapshot::{DestRow, DestSort, FailureRow, ProcRow, ProcSort, Snapshot, S
 
 use crate::aggregate::{LostByReason, ProcKey, TIMEWAIT_NS};
 use crate::attribution::Tuple;
-use crate::model::{Dest, Event, EventKind, LostReason, PoolUse, Side, TcpState};
+use crate::model::{Dest, Event, EventKind, PoolUse, Side, TcpState};
 use crate::sysctl::PortSet;
 use crate::workload::Workload;
 use smol_str::SmolStr;
@@ -147,12 +147,7 @@ impl ViewState {
     /// An attributed event.
     pub fn add(&mut self, ev: &Event) {
         if ev.event == EventKind::Lost {
-            let n = ev.lost.unwrap_or(0);
-            match ev.lost_reason {
-                Some(LostReason::Recursion) => self.lost.recursion += n,
-                Some(LostReason::Inferred) => self.lost.inferred += n,
-                Some(LostReason::RingBuffer) | None => self.lost.ring_buffer += n,
-            }
+            self.lost.add(ev.lost_reason, ev.lost.unwrap_or(0));
             return;
         }
         self.events += 1;

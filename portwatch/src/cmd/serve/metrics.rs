@@ -251,6 +251,7 @@ impl Metrics {
             ("ring_buffer", l.ring_buffer),
             ("recursion", l.recursion),
             ("inferred", l.inferred),
+            ("overflow", l.overflow),
         ] {
             lost.get_or_create(&vec![("reason", reason.into())])
                 .inc_by(n);

@@ -98,7 +98,11 @@ fn counters_count_what_happened_by_process_and_errno() {
         Some(1.0)
     );
     assert_eq!(sum(&s, "portwatch_events_total").0, 7.0);
-    assert_eq!(sum(&s, "portwatch_lost_events_total"), (0.0, 3));
+    assert_eq!(
+        sum(&s, "portwatch_lost_events_total"),
+        (0.0, 4),
+        "one per reason"
+    );
 }
 
 #[test]

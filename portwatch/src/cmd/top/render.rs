@@ -167,8 +167,7 @@ pub fn draw(f: &mut Frame, v: &Shown) {
 
 fn title_line(v: &Shown) -> Line<'static> {
     let s = v.snap;
-    let lost =
-        s.lost_by_reason.ring_buffer + s.lost_by_reason.recursion + s.lost_by_reason.inferred;
+    let lost = s.lost_by_reason.total();
     let mut spans = vec![
         Span::styled("portwatch top", bold()),
         Span::raw(format!(
