@@ -186,6 +186,16 @@ pub fn traced_run(setup: &str, trace_args: &[&str], workload_py: &str) -> Result
     }
 }
 
+/// Per-namespace TCP settings every test namespace starts with, so that a
+/// TIME_WAIT socket lives its 60 s and `ss` counts what the workload made:
+/// no reuse by a later connect (`tcp_tw_reuse` 2, the default, recycles a
+/// loopback TIME_WAIT once a second has passed since its last segment, which
+/// a slow emulated guest reaches between two connects: 2 of 7 gone in a
+/// 6.12 guest), and no RST killing one (RFC 1337's protection, off by
+/// default: a stray ACK drew a RST from a listener about 1 run in 100).
+pub const STEADY_TIMEWAIT: &str = "echo 0 >/proc/sys/net/ipv4/tcp_tw_reuse
+echo 1 >/proc/sys/net/ipv4/tcp_rfc1337";
+
 /// One traced run, as [`traced_run`] describes, without retries.
 pub fn traced_run_once(setup: &str, trace_args: &[&str], workload_py: &str) -> Result<Run> {
     let bin = portwatch_bin()?;
@@ -202,6 +212,7 @@ pub fn traced_run_once(setup: &str, trace_args: &[&str], workload_py: &str) -> R
         r#"
 set -u
 ip link set lo up
+{STEADY_TIMEWAIT}
 {setup}
 "$PW" trace --json {args} >"$D/trace.jsonl" 2>"$D/trace.err" &
 pw=$!
@@ -315,7 +326,7 @@ pub fn in_netns_with(script: &str, files: &[(&str, &str)]) -> Result<NetnsRun> {
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content)?;
     }
-    let full = format!("set -eu\nip link set lo up\n{script}\n");
+    let full = format!("set -eu\nip link set lo up\n{STEADY_TIMEWAIT}\n{script}\n");
     let out = Command::new("unshare")
         .args(["--net", "--", "bash", "-c", &full])
         .env("PW", &bin)

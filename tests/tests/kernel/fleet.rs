@@ -4,7 +4,7 @@
 //! each have their own; without SYS_ADMIN or SYS_PTRACE it cannot.
 
 use anyhow::{ensure, Context, Result};
-use integration_tests::{in_netns_with, need_tool, skip_unless_kernel};
+use integration_tests::{in_netns_with, need_tool, skip_unless_kernel, STEADY_TIMEWAIT};
 
 const MANIFEST: &str = include_str!("../../../dist/kubernetes/portwatch.yaml");
 
@@ -33,7 +33,7 @@ setpriv --bounding-set -all,{set} --inh-caps -all -- \
 pw=$!
 for _ in $(seq 1 600); do grep -q '^portwatch: serving' "$D/serve.err" && break; sleep 0.1; done
 grep -q '^portwatch: serving' "$D/serve.err"
-unshare --net bash -c 'ip link set lo up; python3 "$D/work.py" 24304 1 25 0 && touch "$D/done"; exec sleep 60' &
+unshare --net bash -c 'ip link set lo up; {STEADY_TIMEWAIT}; python3 "$D/work.py" 24304 1 25 0 && touch "$D/done"; exec sleep 60' &
 nested=$!
 for _ in $(seq 1 600); do [ -e "$D/done" ] && break; sleep 0.1; done
 sleep 2

@@ -120,6 +120,8 @@ inner = r'''
 import os, socket, subprocess, sys
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 subprocess.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40009"], check=True)
+# As in every test namespace (STEADY_TIMEWAIT): TIME_WAIT lives its 60 s.
+subprocess.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0", "net.ipv4.tcp_rfc1337=1"], check=True)
 srv = socket.socket(); srv.bind(("127.0.0.1", 24202)); srv.listen(64)
 held = []
 while True:

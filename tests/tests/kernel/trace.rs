@@ -135,10 +135,18 @@ for _ in range(200):
     time.sleep(0.05)
 print("STILL_CLOSING=%d" % len(busy), flush=True)
 # Counters that say why a timewait socket would leave early, for the
-# failure message: recycled by tw_reuse, killed by a RST, table overflow.
-import subprocess
-print(subprocess.run(["nstat", "-az", "TcpExtTW*", "TcpOutRsts", "TcpExtTCPTimeWaitOverflow"],
-                     capture_output=True, text=True).stdout, flush=True)
+# failure message: recycled by a connect, killed by a RST, table overflow
+# (this namespace's, from /proc: guests have no nstat).
+def counters(path, prefix):
+    rows = [l.split() for l in open(path)]
+    for names, values in zip(rows[::2], rows[1::2]):
+        if names[0] == prefix:
+            return dict(zip(names[1:], values[1:]))
+    return {{}}
+ext = counters("/proc/net/netstat", "TcpExt:")
+keys = ("TW", "TWRecycled", "TWKilled", "TCPTimeWaitOverflow")
+print("TW_COUNTERS", {{k: ext.get(k) for k in keys}},
+      "OutRsts", counters("/proc/net/snmp", "Tcp:").get("OutRsts"), flush=True)
 "#
     );
     let run = traced_run("", &["--port", "23080"], &py)?;

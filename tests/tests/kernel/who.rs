@@ -157,13 +157,9 @@ fn who_answers_for_shared_listeners_and_an_exhausted_destination() -> Result<()>
     let out = netns_script(
         r#"
 # An even-sized range: connect() scans an even number of ports from a random
-# offset (__inet_hash_connect), so with 5 it sometimes finds only 4. No
-# TIME_WAIT reuse (2 = loopback) either: a second boundary would allow it.
-# And RFC 1337's protection: about 1 run in 100 here, a stray ACK from a
-# client's TIME_WAIT drew a RST from the listener that killed the TIME_WAIT.
+# offset (__inet_hash_connect), so with 5 it sometimes finds only 4. (No
+# TIME_WAIT reuse and RFC 1337 on: every test namespace, STEADY_TIMEWAIT.)
 echo "40000 40005" >/proc/sys/net/ipv4/ip_local_port_range
-echo 0 >/proc/sys/net/ipv4/tcp_tw_reuse
-echo 1 >/proc/sys/net/ipv4/tcp_rfc1337
 python3 "$D/server.py" >"$D/pids" &
 for _ in $(seq 1 100); do [ "$(wc -l <"$D/pids")" -ge 2 ] && break; sleep 0.05; done
 python3 -c '
