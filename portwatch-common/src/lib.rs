@@ -96,6 +96,49 @@ pub struct ProcCount {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
+/// Slots of the per-CPU `COUNTS` array (aggregate mode). Every event the
+/// filters keep is counted here, sent or not: userspace reads the totals
+/// at each refresh instead of counting what crosses the ring.
+pub mod counts {
+    /// `old << 4 | new`: TCP transitions by state pair (states are < 16).
+    pub const TRANSITIONS: u32 = 256;
+    /// bind() and connect() events.
+    pub const CALLS: u32 = 256;
+    /// Connects that found `DEST_COUNTS` full: counted nowhere per
+    /// destination, so reported as lost (overflow).
+    pub const DEST_FULL: u32 = 257;
+    pub const SLOTS: u32 = 258;
+}
+
+/// Key of `DEST_COUNTS`: one process's connects to one destination, in one
+/// network namespace (aggregate mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DestKey {
+    /// Network namespace inode; 0 where the kernel's BTF is unavailable.
+    pub netns: u32,
+    pub tgid: u32,
+    pub family: u16,
+    pub dport: u16,
+    pub _pad: u32,
+    /// Network order, IPv4 in the first 4 bytes.
+    pub daddr: [u8; 16],
+}
+
+/// Value of `DEST_COUNTS`, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestCount {
+    /// connect() calls that succeeded or are in progress, from the connect
+    /// hook (its failures cross the ring).
+    pub connects: u64,
+    /// CLOSE -> SYN_SENT of the state tracepoint: TCP connects that got a
+    /// local port, counted where no connect hook is attached.
+    pub syn_sent: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
 /// The process a socket is attributed to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,6 +331,8 @@ const _: () = assert!(core::mem::size_of::<ListenKey>() == 24);
 const _: () = assert!(core::mem::size_of::<Listener>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<ProcCount>() == 24);
+const _: () = assert!(core::mem::size_of::<DestKey>() == 32);
+const _: () = assert!(core::mem::size_of::<DestCount>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -300,4 +345,6 @@ mod pod {
     unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ProcCount {}
+    unsafe impl aya::Pod for super::DestKey {}
+    unsafe impl aya::Pod for super::DestCount {}
 }

@@ -16,7 +16,9 @@ use aya_ebpf::{
 };
 use portwatch_common::{flags, kind, AF_INET, AF_INET6};
 
-use crate::common::{aggregating, count_event, current_owner, offsets, submit, task_netns, wanted};
+use crate::common::{
+    aggregating, count_event, count_slot, current_owner, offsets, submit, task_netns, wanted,
+};
 
 /// Reads a context field with one load at a constant offset: the verifier
 /// refuses loads through a pointer derived from the context.
@@ -114,6 +116,7 @@ fn emit(family: u16, protocol: u16, port: u16, addr: [u8; 16], flag: u8) {
     }
     if aggregating() && flag == flags::BIND_ATTEMPT {
         count_event(&owner);
+        count_slot(portwatch_common::counts::CALLS);
     }
     submit(|ev| {
         ev.kind = kind::BIND;

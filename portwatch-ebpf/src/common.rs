@@ -7,13 +7,13 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
 use portwatch_common::{
-    mode, offsets_valid as valid, Filter, KernelOffsets, ListenKey, Listener, Owner, PendingCall,
-    ProcCount, RawEvent, AF_INET, AF_INET6,
+    counts, mode, offsets_valid as valid, DestCount, DestKey, Filter, KernelOffsets, ListenKey,
+    Listener, Owner, PendingCall, ProcCount, RawEvent, AF_INET, AF_INET6,
 };
 
 /// Default 4 MiB; userspace resizes it with `set_max_entries` before loading.
@@ -69,6 +69,72 @@ pub fn count_event(owner: &Owner) {
                 comm: owner.comm,
             };
             let _ = PROC_COUNTS.insert(&owner.tgid, &c, 0);
+        }
+    }
+}
+
+/// Aggregate mode: every event kept, sent or not, by [`counts`] slot. Read
+/// by top and serve at each refresh.
+#[map]
+pub static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counts::SLOTS, 0);
+
+/// Aggregate mode: connects per (netns, process, destination). Not LRU: an
+/// eviction would lose counts silently. A full map counts in
+/// `COUNTS[DEST_FULL]`; userspace deletes the entries of exited processes.
+#[map]
+pub static DEST_COUNTS: PerCpuHashMap<DestKey, DestCount> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+pub fn count_slot(slot: u32) {
+    if let Some(n) = COUNTS.get_ptr_mut(slot) {
+        unsafe { *n += 1 };
+    }
+}
+
+/// Counts a TCP transition by its state pair.
+#[inline(always)]
+pub fn count_transition(old: u8, new: u8) {
+    count_slot((u32::from(old & 15) << 4) | u32::from(new & 15));
+}
+
+/// Counts one connect of `owner` to `daddr`:`dport` in `netns`: from the
+/// connect hook (`hook`), or the state tracepoint's CLOSE -> SYN_SENT.
+#[inline(always)]
+pub fn count_connect(
+    netns: u32,
+    owner: &Owner,
+    family: u16,
+    daddr: [u8; 16],
+    dport: u16,
+    hook: bool,
+) {
+    let key = DestKey {
+        netns,
+        tgid: owner.tgid,
+        family,
+        dport,
+        _pad: 0,
+        daddr,
+    };
+    match DEST_COUNTS.get_ptr_mut(&key) {
+        Some(c) => unsafe {
+            if hook {
+                (*c).connects += 1;
+            } else {
+                (*c).syn_sent += 1;
+            }
+        },
+        None => {
+            let c = DestCount {
+                connects: u64::from(hook),
+                syn_sent: u64::from(!hook),
+                cgroup_id: owner.cgroup_id,
+                comm: owner.comm,
+            };
+            if DEST_COUNTS.insert(&key, &c, 0).is_err() {
+                count_slot(counts::DEST_FULL);
+            }
         }
     }
 }
@@ -387,8 +453,10 @@ pub fn emit_call(kind: u8, call: &PendingCall, ret: i32) {
     }
     if aggregating() {
         count_event(&owner);
+        count_slot(counts::CALLS);
         // Successful connects are counted, not sent; binds are rare.
         if kind == portwatch_common::kind::CONNECT && (ret == 0 || ret == -115) {
+            count_connect(netns, &owner, call.family, call.addr, call.port, true);
             return;
         }
     }

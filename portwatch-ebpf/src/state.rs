@@ -9,8 +9,8 @@ use portwatch_common::{
 };
 
 use crate::common::{
-    aggregating, count_event, current_owner, offsets, sock_netns, submit, tp_field, wanted,
-    LISTENERS, OWNERS, PENDING_CONNECT,
+    aggregating, count_connect, count_event, count_transition, current_owner, offsets, sock_netns,
+    submit, tp_field, wanted, LISTENERS, OWNERS, PENDING_CONNECT,
 };
 use crate::timewait::TW_PENDING;
 
@@ -298,6 +298,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let mut send = wanted(owner.tgid, sport, dport, netns);
     if send && aggregating() {
         count_event(&owner);
+        count_transition(old, new);
+        if old == st::CLOSE && new == st::SYN_SENT {
+            count_connect(netns, &owner, family, daddr, dport, false);
+        }
         send = rare(old, new, sport);
     }
     if send {

@@ -479,3 +479,31 @@ pub struct Hints {
     /// A bind() that succeeded, confirming the thread's attempt.
     pub bind_confirmed: bool,
 }
+
+/// What the kernel counted instead of sending (aggregate mode), since the
+/// last time it was read: `top` and `serve` add it to what the events that
+/// did cross the ring say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// Events of every kind, sent or not.
+    pub events: u64,
+    /// TCP transitions by state pair, sent or not.
+    pub transitions: Vec<(TcpState, TcpState, u64)>,
+    /// Connects that succeeded or are in progress (failures are sent).
+    pub connects: Vec<CountedConnects>,
+    /// Connects the kernel could not count per destination: its table was
+    /// full. Lost, reason overflow.
+    pub uncounted: u64,
+}
+
+/// One process's connects to one destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedConnects {
+    pub netns: Option<u64>,
+    pub pid: Option<u32>,
+    pub comm: Option<SmolStr>,
+    pub workload: crate::workload::Workload,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub n: u64,
+}

@@ -193,7 +193,7 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         .context("the ring-buffer reader panicked")?
         .context("reading the ring buffer")?;
     if cfg.aggregate {
-        pipeline.set_kernel_counts(counts);
+        pipeline.set_kernel_counts(counts.procs);
     }
     pipeline.set_ring_events(ring_events.load(std::sync::atomic::Ordering::Relaxed));
     if open {

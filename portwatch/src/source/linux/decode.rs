@@ -166,7 +166,7 @@ pub fn parse(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     Ok(raw)
 }
 
-fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
+pub(crate) fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
     match family {
         AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
             bytes[0], bytes[1], bytes[2], bytes[3],

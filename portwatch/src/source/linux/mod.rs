@@ -2,6 +2,7 @@
 //! cheapest hook the running kernel accepts for each kind of event, and
 //! streams decoded events into the pipeline.
 
+pub mod counts;
 pub mod decode;
 pub mod offsets;
 pub mod probe;
@@ -96,6 +97,14 @@ pub const CHANNEL_BATCHES: usize = 32;
 /// What the collector sends: events in batches, so the pipeline is woken
 /// once per batch rather than once per event.
 pub type Batch = Vec<SourceMsg>;
+
+/// What the kernel counted in aggregate mode, read at the stop.
+#[derive(Debug, Default)]
+pub struct KernelCounts {
+    /// Events per process: pid -> (events, command name).
+    pub procs: std::collections::HashMap<u32, (u64, String)>,
+    pub totals: counts::Totals,
+}
 
 /// A running collector. Dropping it detaches every program.
 pub struct LinuxCollector {
@@ -263,6 +272,66 @@ impl LinuxCollector {
         Ok(out)
     }
 
+    /// Aggregate mode's totals since attach, summed over CPUs: every kept
+    /// event by [`portwatch_common::counts`] slot, and connects per
+    /// destination. Empty once stopped.
+    pub fn totals(&self) -> Result<counts::Totals, CollectorError> {
+        use aya::maps::PerCpuHashMap;
+        use portwatch_common::{counts::SLOTS, DestCount, DestKey};
+        let mut out = counts::Totals::default();
+        let Some(ebpf) = self.ebpf.as_ref() else {
+            return Ok(out);
+        };
+        let map = ebpf
+            .map("COUNTS")
+            .ok_or(CollectorError::Missing("map COUNTS"))?;
+        let slots: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        out.slots = (0..SLOTS)
+            .map(|i| slots.get(&i, 0).map(|v| v.iter().sum::<u64>()))
+            .collect::<Result<_, _>>()?;
+        let map = ebpf
+            .map("DEST_COUNTS")
+            .ok_or(CollectorError::Missing("map DEST_COUNTS"))?;
+        let dests: PerCpuHashMap<_, DestKey, DestCount> = PerCpuHashMap::try_from(map)?;
+        for entry in dests.iter() {
+            // An entry deleted while the walk passed it: nothing to count.
+            let Ok((key, per_cpu)) = entry else { continue };
+            let mut t = counts::DestTotal::default();
+            for c in per_cpu.iter() {
+                t.connects += c.connects;
+                t.syn_sent += c.syn_sent;
+                if c.comm[0] != 0 {
+                    t.comm = c.comm;
+                    t.cgroup_id = c.cgroup_id;
+                }
+            }
+            out.dests.push((key, t));
+        }
+        Ok(out)
+    }
+
+    /// Deletes `DEST_COUNTS` entries (of processes that exited, already
+    /// counted), so that the table does not fill up.
+    pub fn forget_dests(
+        &mut self,
+        keys: &[portwatch_common::DestKey],
+    ) -> Result<(), CollectorError> {
+        use aya::maps::PerCpuHashMap;
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(());
+        };
+        let map = ebpf
+            .map_mut("DEST_COUNTS")
+            .ok_or(CollectorError::Missing("map DEST_COUNTS"))?;
+        let mut dests: PerCpuHashMap<_, portwatch_common::DestKey, portwatch_common::DestCount> =
+            PerCpuHashMap::try_from(map)?;
+        for k in keys {
+            // Already gone is fine.
+            let _ = dests.remove(k);
+        }
+        Ok(())
+    }
+
     /// Tells the kernel side about listeners that predate the trace, so that
     /// the connections they accept are attributed from their first event
     /// (and `--pid` keeps them). Entries are marked as seeded (count 0): a
@@ -319,18 +388,18 @@ impl LinuxCollector {
     }
 
     /// Detaches the programs, then drains what the ring still holds, so that
-    /// nothing observed before the stop is lost. Returns the events the
-    /// kernel counted per process (aggregate mode), read once nothing can
-    /// count any more.
-    pub async fn stop(
-        mut self,
-    ) -> Result<std::collections::HashMap<u32, (u64, String)>, CollectorError> {
+    /// nothing observed before the stop is lost. Returns what the kernel
+    /// counted (aggregate mode), read once nothing can count any more.
+    pub async fn stop(mut self) -> Result<KernelCounts, CollectorError> {
         if let Some(ebpf) = self.ebpf.as_mut() {
             for (_, p) in ebpf.programs_mut() {
                 probe::unload_program(p);
             }
         }
-        let counts = self.proc_counts().unwrap_or_default();
+        let counts = KernelCounts {
+            procs: self.proc_counts().unwrap_or_default(),
+            totals: self.totals().unwrap_or_default(),
+        };
         drop(self.ebpf.take());
         let _ = self.stop.send(true);
         if let Some(h) = self.reader.take() {
