@@ -1,8 +1,10 @@
-//! The live loop `top` and `serve` share: the collector, attribution, and
-//! a refresh tick at which each namespace's socket table is counted into
-//! the [`ViewState`]. Every event crosses the ring (not the kernel's
-//! aggregate mode): connects per process and transitions by state are
-//! counted from the events themselves.
+//! The live loop `top` and `serve` share: the collector in the kernel's
+//! aggregate mode, attribution, and a refresh tick at which the kernel's
+//! counts and each namespace's socket table are read into the
+//! [`ViewState`]. Only the rare events cross the ring (listens, closes
+//! that may be TIME_WAIT, failures); events, transitions by state and
+//! successful connects per (namespace, process, destination) are counted
+//! in the kernel and read as deltas ([`Counted`]).
 
 use std::time::Duration;
 
@@ -10,7 +12,9 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::attribution::Attributor;
-use crate::model::{Event, EventKind};
+use crate::attribution::ProcessLookup as _;
+use crate::model::{Counted, Event, EventKind};
+use crate::source::linux::counts::{Tally, Totals};
 use crate::source::linux::{Batch, CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
 use crate::system::{LiveProcesses, LiveSockets, Netns};
 use crate::timefmt::now_ns;
@@ -20,8 +24,10 @@ use crate::view::ViewState;
 pub enum Step {
     /// Attributed events, in arrival order.
     Events(Vec<Event>),
-    /// A refresh is due: the view has been ticked and censused as of now.
-    Refreshed,
+    /// A refresh is due: the view has been ticked, given the kernel's
+    /// counts and censused as of now. Those counts, for the caller's own
+    /// figures.
+    Refreshed(Counted),
     /// SIGINT, SIGTERM or the end of the collector.
     Stopped,
 }
@@ -38,7 +44,18 @@ pub struct Live {
     described: String,
     /// The namespace watched (`--netns`), if one is.
     watched: Option<u64>,
+    /// The kernel's counts, as deltas.
+    tally: Tally,
+    /// Names the cgroups of counted connects.
+    cgroups: LiveProcesses,
+    /// Reads of the counts since exited processes' entries were deleted.
+    reads: u32,
+    read_failed: bool,
 }
+
+/// Exited processes' entries leave the kernel's destination table every
+/// this many reads of it.
+const PRUNE_EVERY: u32 = 10;
 
 impl Live {
     /// Attaches, seeds attribution with what predates the run, and takes
@@ -55,15 +72,19 @@ impl Live {
         let cfg = CollectorConfig {
             netns: watched,
             lost_poll: Duration::from_millis(250),
+            aggregate: true,
             ..CollectorConfig::default()
         };
         let mut collector = LinuxCollector::start(&cfg, tx).context("cannot start tracing")?;
         let netns = Netns::new();
+        let inferred = crate::source::connects_inferred(collector.mechanisms());
         let mut attributor = Attributor::new(
             LiveSockets::new(netns.clone()),
             LiveProcesses::new(netns.clone()),
         )
-        .infer_connects(crate::source::connects_inferred(collector.mechanisms()));
+        .infer_connects(inferred)
+        .sparse(true);
+        view.counted_in_kernel(true);
         // Attached: from here on only lookups need privilege (src/privilege.rs).
         // Before the snapshot, whose thread would otherwise keep everything.
         crate::privilege::drop_after_attach_or_warn();
@@ -96,6 +117,10 @@ impl Live {
             stop,
             described,
             watched: watched.map(u64::from),
+            tally: Tally::new(inferred),
+            cgroups: LiveProcesses::new(netns.clone()),
+            reads: 0,
+            read_failed: false,
         })
     }
 
@@ -117,10 +142,7 @@ impl Live {
                 let events = self.attributor.poll(now_ns(), false);
                 Step::Events(self.watched_only(events))
             }
-            _ = self.refresh.tick() => {
-                self.refresh_view(view);
-                Step::Refreshed
-            }
+            _ = self.refresh.tick() => Step::Refreshed(self.refresh_view(view)),
             _ = self.stop.wait() => Step::Stopped,
         }
     }
@@ -144,27 +166,73 @@ impl Live {
         events
     }
 
-    /// Ticks `view` to now and counts the tables of the namespaces it shows.
-    pub fn refresh_view(&mut self, view: &mut ViewState) {
+    /// What the kernel counted since the last read, added to `view` too.
+    /// A failed read counts nothing now: the next one finds it all.
+    pub fn counted(&mut self, view: &mut ViewState) -> Counted {
+        let Some(read) = self.collector.as_ref().map(LinuxCollector::totals) else {
+            return Counted::default();
+        };
+        let totals = match read {
+            Ok(t) => t,
+            Err(e) => {
+                if !std::mem::replace(&mut self.read_failed, true) {
+                    log::warn!("reading the kernel's counts: {e} (warned once)");
+                }
+                return Counted::default();
+            }
+        };
+        let counted = self.take(&totals, view);
+        self.reads += 1;
+        if self.reads >= PRUNE_EVERY {
+            self.reads = 0;
+            let gone = self.tally.gone(&totals, |pid| {
+                std::path::Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if let Some(collector) = self.collector.as_mut() {
+                if let Err(e) = collector.forget_dests(&gone) {
+                    log::warn!("pruning the kernel's destination counts: {e}");
+                }
+            }
+        }
+        counted
+    }
+
+    fn take(&mut self, totals: &Totals, view: &mut ViewState) -> Counted {
+        let cgroups = &mut self.cgroups;
+        let counted = self.tally.delta(totals, |id| cgroups.cgroup_path(id));
+        view.add_counted(&counted);
+        counted
+    }
+
+    /// Ticks `view` to now, adds the kernel's counts and counts the tables
+    /// of the namespaces it shows. Returns the counts.
+    pub fn refresh_view(&mut self, view: &mut ViewState) -> Counted {
         view.tick(now_ns());
+        let counted = self.counted(view);
         for ns in view.namespaces() {
             match self.census.table(ns) {
                 Ok(table) => view.apply_table(&table, false),
                 Err(why) => view.table_failed(ns, &why),
             }
         }
+        counted
     }
 
-    /// Detaches, and hands over what the ring still held.
-    pub async fn finish(mut self) -> Vec<Event> {
+    /// Detaches, adds the kernel's last counts to `view`, and hands over
+    /// what the ring still held.
+    pub async fn finish(mut self, view: &mut ViewState) -> Vec<Event> {
         let mut out = Vec::new();
         if let Some(collector) = self.collector.take() {
             let stopper = tokio::spawn(collector.stop());
             while let Some(batch) = self.rx.recv().await {
                 out.extend(self.attribute(batch));
             }
-            if let Ok(Err(e)) = stopper.await {
-                log::warn!("reading the ring buffer: {e}");
+            match stopper.await {
+                Ok(Ok(counts)) => {
+                    self.take(&counts.totals, view);
+                }
+                Ok(Err(e)) => log::warn!("reading the ring buffer: {e}"),
+                Err(e) => log::warn!("the ring-buffer reader panicked: {e}"),
             }
         }
         out

@@ -17,7 +17,7 @@ pub use snapshot::{DestRow, DestSort, FailureRow, ProcRow, ProcSort, Snapshot, S
 
 use crate::aggregate::{LostByReason, ProcKey, TIMEWAIT_NS};
 use crate::attribution::Tuple;
-use crate::model::{Dest, Event, EventKind, PoolUse, Side, TcpState};
+use crate::model::{Counted, Dest, Event, EventKind, LostReason, PoolUse, Side, TcpState};
 use crate::sysctl::PortSet;
 use crate::workload::Workload;
 use smol_str::SmolStr;
@@ -115,6 +115,10 @@ pub struct ViewState {
     untracked_tw: VecDeque<(i128, u32)>,
     exits: Exits,
     failures: VecDeque<Failure>,
+    /// The kernel counts every event and successful connect (aggregate
+    /// mode, [`ViewState::add_counted`]): events that cross the ring are
+    /// not counted again.
+    kernel_counts: bool,
 }
 
 /// The same address however the socket was opened: an IPv4-mapped IPv6
@@ -130,6 +134,27 @@ impl ViewState {
             started: now,
             now,
             ..Default::default()
+        }
+    }
+
+    /// Events and successful connects come from the kernel's counts
+    /// ([`ViewState::add_counted`]), not from the events received.
+    pub fn counted_in_kernel(&mut self, on: bool) {
+        self.kernel_counts = on;
+    }
+
+    /// What the kernel counted instead of sending (aggregate mode).
+    pub fn add_counted(&mut self, c: &Counted) {
+        self.events += c.events;
+        self.lost.add(Some(LostReason::Overflow), c.uncounted);
+        let now = self.now;
+        for cc in &c.connects {
+            let id = self.proc_id_of(cc.pid, cc.comm.as_ref(), || cc.workload.clone(), now);
+            if let Some(p) = self.procs.get_mut(&id) {
+                p.connects += cc.n;
+                p.last_active = now;
+            }
+            self.touch_dest(Some((cc.netns, canonical(cc.daddr), cc.dport)));
         }
     }
 
@@ -150,8 +175,10 @@ impl ViewState {
             self.lost.add(ev.lost_reason, ev.lost.unwrap_or(0));
             return;
         }
-        self.events += 1;
-        let id = self.proc_id(ev);
+        if !self.kernel_counts {
+            self.events += 1;
+        }
+        let id = self.proc_id_of(ev.pid, ev.comm.as_ref(), || ev.workload(), ev.time);
         let client = ev.side == Some(Side::Client);
         let dest = match (ev.daddr, ev.dport) {
             (Some(a), Some(p)) if p != 0 => Some((ev.netns, canonical(a), p)),
@@ -205,13 +232,19 @@ impl ViewState {
         }
     }
 
-    /// The id of `ev`'s process, created (with a rate baseline at the last
-    /// tick) on first sight.
-    fn proc_id(&mut self, ev: &Event) -> u32 {
+    /// The id of a process, created (with a rate baseline at the last
+    /// tick) on first sight at `time`.
+    fn proc_id_of(
+        &mut self,
+        pid: Option<u32>,
+        comm: Option<&SmolStr>,
+        workload: impl FnOnce() -> Workload,
+        time: i128,
+    ) -> u32 {
         let known = self
             .ids
-            .get(&ev.pid)
-            .and_then(|v| v.iter().find(|(c, _)| *c == ev.comm));
+            .get(&pid)
+            .and_then(|v| v.iter().find(|(c, _)| c.as_ref() == comm));
         if let Some((_, id)) = known {
             return *id;
         }
@@ -221,26 +254,23 @@ impl ViewState {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let key = ProcKey {
-            pid: ev.pid,
-            comm: ev.comm.clone(),
+            pid,
+            comm: comm.cloned(),
         };
-        self.ids
-            .entry(ev.pid)
-            .or_default()
-            .push((ev.comm.clone(), id));
+        self.ids.entry(pid).or_default().push((comm.cloned(), id));
         let mut samples = VecDeque::new();
         samples.push_back((self.now, 0, 0));
         self.procs.insert(
             id,
             ProcView {
                 key,
-                workload: ev.workload(),
+                workload: workload(),
                 timewait_now: 0,
                 timewait_entries: 0,
                 connects: 0,
                 bind_failures: 0,
                 connect_failures: 0,
-                last_active: ev.time,
+                last_active: time,
                 samples,
             },
         );

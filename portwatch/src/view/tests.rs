@@ -259,3 +259,34 @@ fn idle_processes_and_destinations_are_forgotten() {
     let s = v.snapshot(&Default::default());
     assert!(s.processes.is_empty() && s.destinations.is_empty(), "{s:?}");
 }
+
+/// Aggregate mode: a process's connects are the kernel's count plus the
+/// failures that crossed the ring; the destination they went to is shown;
+/// connects the kernel could not count per destination are lost, overflow.
+#[test]
+fn kernel_counts_give_connects_destinations_and_events() {
+    let mut v = ViewState::new(0);
+    v.counted_in_kernel(true);
+    v.add(&connect(S, 7, -99));
+    v.tick(2 * S);
+    v.add_counted(&crate::model::Counted {
+        events: 10,
+        transitions: vec![],
+        connects: vec![crate::model::CountedConnects {
+            netns: NS,
+            pid: Some(7),
+            comm: Some("client7".into()),
+            workload: Workload::default(),
+            daddr: ip("::ffff:10.0.0.9"),
+            dport: 5432,
+            n: 4,
+        }],
+        uncounted: 2,
+    });
+    let s = v.snapshot(&Default::default());
+    let p = proc_row(&s, 7);
+    assert_eq!((p.connects, p.connect_failures), (5, 1));
+    assert_eq!(s.events, 10, "the failure is among the kernel's events");
+    assert_eq!(s.lost_by_reason.overflow, 2);
+    assert_eq!(v.namespaces(), vec![NS], "the destination is followed");
+}

@@ -21,7 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::model::{Event, EventKind, TcpState};
+use crate::model::{Counted, Event, EventKind, TcpState};
 use crate::view::ViewState;
 use crate::workload::Workload;
 
@@ -98,6 +98,9 @@ pub struct Metrics {
     transitions: BTreeMap<(TcpState, TcpState), u64>,
     named: HashMap<Identity, Counts>,
     other: Counts,
+    /// Events, transitions and successful connects come from the kernel's
+    /// counts ([`Metrics::add_counted`]), not from the events received.
+    kernel_counts: bool,
 }
 
 impl Metrics {
@@ -108,13 +111,39 @@ impl Metrics {
             transitions: BTreeMap::new(),
             named: HashMap::new(),
             other: Counts::default(),
+            kernel_counts: false,
         }
     }
 
-    /// The counts of `ev`'s process: its own series, a new one while there
-    /// is room, else `other`.
+    /// See [`ViewState::counted_in_kernel`].
+    pub fn counted_in_kernel(&mut self, on: bool) {
+        self.kernel_counts = on;
+    }
+
+    /// What the kernel counted instead of sending (aggregate mode), as of `now`.
+    pub fn add_counted(&mut self, c: &Counted, now: i128) {
+        self.events += c.events;
+        for (old, new, n) in &c.transitions {
+            *self.transitions.entry((*old, *new)).or_default() += n;
+        }
+        for cc in &c.connects {
+            let id = Identity {
+                comm: cc.comm.as_deref().unwrap_or("unknown").to_owned(),
+                workload: cc.workload.clone(),
+            };
+            let counts = self.counts_of(id);
+            counts.connects += cc.n;
+            counts.last_active = now;
+        }
+    }
+
     fn counts(&mut self, ev: &Event) -> &mut Counts {
-        let id = Identity::of(ev);
+        self.counts_of(Identity::of(ev))
+    }
+
+    /// A process's counts: its own series, a new one while there is room,
+    /// else `other`.
+    fn counts_of(&mut self, id: Identity) -> &mut Counts {
         // A process really named `other` cannot have a series of its own:
         // it would share the aggregate's labels.
         if id == Identity::other() {
@@ -130,11 +159,13 @@ impl Metrics {
         if ev.event == EventKind::Lost {
             return;
         }
-        self.events += 1;
-        if let (EventKind::State | EventKind::Listen, Some(old), Some(new)) =
-            (ev.event, ev.old_state, ev.new_state)
-        {
-            *self.transitions.entry((old, new)).or_default() += 1;
+        if !self.kernel_counts {
+            self.events += 1;
+            if let (EventKind::State | EventKind::Listen, Some(old), Some(new)) =
+                (ev.event, ev.old_state, ev.new_state)
+            {
+                *self.transitions.entry((old, new)).or_default() += 1;
+            }
         }
         let time = ev.time;
         match ev.event {

@@ -202,3 +202,50 @@ fn gauges_name_the_largest_and_sum_the_rest() {
     let other = [("netns", ""), ("daddr", "other"), ("dport", "")];
     assert!(get(&s, "portwatch_ephemeral_ports_in_use", &other).is_some());
 }
+
+/// Aggregate mode: events, transitions and successful connects come from
+/// the kernel's counts; the events that still cross the ring (a failed
+/// connect, a TIME_WAIT) add only what the kernel does not count.
+#[test]
+fn kernel_counts_are_added_once_and_sent_events_are_not_counted_again() {
+    let mut m = Metrics::new(20);
+    m.counted_in_kernel(true);
+    let v = ViewState::new(0);
+    m.add(&tw(1, 7, "client", 40000));
+    let mut c = Event::new(2, EventKind::Connect);
+    c.comm = Some("client".into());
+    c.set_ret(-99);
+    m.add(&c);
+    // Two reads: `events` in all, `n` connects (each one established).
+    let counted = |events, n| Counted {
+        events,
+        transitions: vec![(TcpState::SynSent, TcpState::Established, n)],
+        connects: vec![crate::model::CountedConnects {
+            netns: None,
+            pid: Some(7),
+            comm: Some("client".into()),
+            workload: Workload::default(),
+            daddr: ip("127.0.0.1"),
+            dport: 8080,
+            n,
+        }],
+        uncounted: 0,
+    };
+    m.add_counted(&counted(30, 12), 3);
+    m.add_counted(&counted(5, 2), 4);
+    let s = encode(&m, &v);
+    let client = [("comm", "client")];
+    // 14 counted, and the failed one that crossed the ring.
+    assert_eq!(get(&s, "portwatch_tcp_connects_total", &client), Some(15.0));
+    assert_eq!(
+        get(&s, "portwatch_tcp_timewait_entries_total", &client),
+        Some(1.0)
+    );
+    let established = [("old_state", "SYN_SENT"), ("new_state", "ESTABLISHED")];
+    assert_eq!(
+        get(&s, "portwatch_tcp_transitions_total", &established),
+        Some(14.0)
+    );
+    // The kernel counted the sent ones too.
+    assert_eq!(sum(&s, "portwatch_events_total").0, 35.0);
+}

@@ -150,6 +150,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut view = ViewState::new(now_ns());
     let mut metrics = Metrics::new(usize::try_from(args.top_k).unwrap_or(usize::MAX));
     let mut live = Live::start(args.interval, args.netns.as_deref(), &mut view).await?;
+    metrics.counted_in_kernel(true);
     view.begin(now_ns());
     eprintln!("portwatch: attached {}", live.describe());
     let local = listener.local_addr().unwrap_or(args.listen);
@@ -164,16 +165,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     view.add(e);
                     metrics.add(e);
                 }),
-                Step::Refreshed => metrics.retire(now_ns()),
+                Step::Refreshed(counted) => {
+                    metrics.add_counted(&counted, now_ns());
+                    metrics.retire(now_ns());
+                }
                 Step::Stopped => break Ok(()),
             },
             Some(reply) = scrape_rx.recv() => {
+                // Up to the scrape, not the last refresh.
+                let counted = live.counted(&mut view);
+                metrics.add_counted(&counted, now_ns());
                 let _ = reply.send(metrics.encode(&view));
             }
         }
     };
     acceptor.abort();
-    live.finish().await;
+    live.finish(&mut view).await;
     result
 }
 

@@ -107,7 +107,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         tokio::select! {
             step = live.next(&mut view) => match step {
                 Step::Events(events) => events.iter().for_each(|e| view.add(e)),
-                Step::Refreshed => {
+                Step::Refreshed(_) => {
                     if !ui.paused {
                         snap = view.snapshot(&ui.opts());
                     }
@@ -134,7 +134,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         }
     }
     drop(screen);
-    live.finish().await;
+    live.finish(&mut view).await;
     Ok(())
 }
 
@@ -149,7 +149,7 @@ async fn once(
     while let Step::Events(events) = live.next(&mut view).await {
         events.iter().for_each(|e| view.add(e));
     }
-    for e in live.finish().await {
+    for e in live.finish(&mut view).await {
         view.add(&e);
     }
     let snap = view.snapshot(&Default::default());
