@@ -132,9 +132,10 @@ pub struct DestCount {
     /// connect() calls that succeeded or are in progress, from the connect
     /// hook (its failures cross the ring).
     pub connects: u64,
-    /// CLOSE -> SYN_SENT of the state tracepoint: TCP connects that got a
-    /// local port, counted where no connect hook is attached.
-    pub syn_sent: u64,
+    /// SYN_SENT -> ESTABLISHED of the state tracepoint: TCP connects that
+    /// succeeded, what counts as a connect where no connect hook is
+    /// attached (as the full trace infers them).
+    pub established: u64,
     pub cgroup_id: u64,
     pub comm: [u8; TASK_COMM_LEN],
 }

@@ -99,7 +99,7 @@ pub fn count_transition(old: u8, new: u8) {
 }
 
 /// Counts one connect of `owner` to `daddr`:`dport` in `netns`: from the
-/// connect hook (`hook`), or the state tracepoint's CLOSE -> SYN_SENT.
+/// connect hook (`hook`), or the state tracepoint's SYN_SENT -> ESTABLISHED.
 #[inline(always)]
 pub fn count_connect(
     netns: u32,
@@ -122,13 +122,13 @@ pub fn count_connect(
             if hook {
                 (*c).connects += 1;
             } else {
-                (*c).syn_sent += 1;
+                (*c).established += 1;
             }
         },
         None => {
             let c = DestCount {
                 connects: u64::from(hook),
-                syn_sent: u64::from(!hook),
+                established: u64::from(!hook),
                 cgroup_id: owner.cgroup_id,
                 comm: owner.comm,
             };

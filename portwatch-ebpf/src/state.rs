@@ -299,7 +299,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     if send && aggregating() {
         count_event(&owner);
         count_transition(old, new);
-        if old == st::CLOSE && new == st::SYN_SENT {
+        // A client's connect succeeded (its owner remembered from connect()).
+        if old == st::SYN_SENT && new == st::ESTABLISHED {
             count_connect(netns, &owner, family, daddr, dport, false);
         }
         send = rare(old, new, sport);

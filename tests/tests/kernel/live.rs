@@ -357,6 +357,51 @@ tm2 kill-server
     Ok(())
 }
 
+/// `top --once --json --netns` over `run` (bash, in a fresh namespace with
+/// `files` in `$D`; `{top}` marks where top starts, attached before the
+/// rest runs): the namespace run and top's snapshot. A run whose top
+/// reports lost events is run again (up to three times): a lost event may
+/// be one the test counts.
+fn top_once(
+    run: &str,
+    interval: u32,
+    files: &[(&str, &str)],
+) -> Result<(integration_tests::NetnsRun, serde_json::Value)> {
+    let top = format!(
+        "\"$PW\" top --once --json --netns $$ --interval {interval} >\"$D/top.json\" 2>\"$D/top.err\" &\npw=$!\n{}",
+        wait_for(
+            "grep -q '^portwatch: attached' \"$D/top.err\"",
+            600,
+            "top to attach"
+        )
+    );
+    let script = format!("{}\nwait $pw\n", run.replace("{top}", &top));
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let run = in_netns_with(&script, files)?;
+        let snap: serde_json::Value = serde_json::from_str(&run.file("top.json"))
+            .with_context(|| format!("top's JSON: {}", run.file("top.err")))?;
+        let by = &snap["lost_by_reason"];
+        let lost: u64 = ["ring_buffer", "recursion", "inferred", "overflow"]
+            .iter()
+            .filter_map(|r| by[r].as_u64())
+            .sum();
+        if lost == 0 || tries == 3 {
+            return Ok((run, snap));
+        }
+        eprintln!("RETRY: top reported {lost} lost events");
+    }
+}
+
+/// The row of the process named `comm` in a top snapshot.
+fn top_row<'a>(snap: &'a serde_json::Value, comm: &str) -> Result<&'a serde_json::Value> {
+    snap["processes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["comm"] == comm))
+        .with_context(|| format!("no {comm} row: {snap}"))
+}
+
 /// `top --once --json` while `twclient` makes 30 connections: its
 /// successful connects never cross the ring (top runs the kernel's
 /// aggregate mode), yet the snapshot gives it exactly 30, counted in the
@@ -365,42 +410,12 @@ tm2 kill-server
 #[test]
 fn top_counts_connects_in_the_kernel_per_process_and_destination() -> Result<()> {
     skip_unless_kernel!();
-    let script = format!(
-        r#"
-"$PW" top --once --json --netns $$ --interval 10 >"$D/top.json" 2>"$D/top.err" &
-pw=$!
-{wait}
-python3 "$D/work.py" 24304 1 30 0
-wait $pw
-"#,
-        wait = wait_for(
-            "grep -q '^portwatch: attached' \"$D/top.err\"",
-            600,
-            "top to attach"
-        ),
-    );
-    let mut tries = 0;
-    let snap: serde_json::Value = loop {
-        tries += 1;
-        let run = in_netns_with(&script, &[("work.py", WORKLOAD)])?;
-        let snap: serde_json::Value = serde_json::from_str(&run.file("top.json"))
-            .with_context(|| format!("top's JSON: {}", run.file("top.err")))?;
-        let lost = &snap["lost_by_reason"];
-        let lost: u64 = ["ring_buffer", "recursion", "inferred", "overflow"]
-            .iter()
-            .filter_map(|r| lost[r].as_u64())
-            .sum();
-        // A lost event may be a connect; the harness retries such runs.
-        if lost == 0 || tries == 3 {
-            break snap;
-        }
-        eprintln!("RETRY: top reported {lost} lost events");
-    };
-    let procs = snap["processes"].as_array().context("processes")?;
-    let client = procs
-        .iter()
-        .find(|p| p["comm"] == "twclient")
-        .with_context(|| format!("no twclient row: {snap}"))?;
+    let (_, snap) = top_once(
+        "{top}\npython3 \"$D/work.py\" 24304 1 30 0\n",
+        10,
+        &[("work.py", WORKLOAD)],
+    )?;
+    let client = top_row(&snap, "twclient")?;
     ensure!(
         client["connects"] == 30 && client["connect_failures"] == 0,
         "twclient made 30 connections: {client}"
@@ -415,6 +430,51 @@ wait $pw
     ensure!(
         snap["events"].as_u64().is_some_and(|n| n >= 30 * 4),
         "every transition is an event, counted in the kernel: {snap}"
+    );
+    Ok(())
+}
+
+/// In a namespace with a 2-port range, `exhaust` connects 6 times, closing
+/// first so that each success holds its port in TIME_WAIT: the later
+/// attempts fail with EADDRNOTAVAIL. top counts every attempt once, the
+/// successes in the kernel and the failures from the ring: connects is 6,
+/// connect failures what the script saw.
+#[test]
+fn top_counts_each_connect_once_when_the_range_runs_out() -> Result<()> {
+    skip_unless_kernel!();
+    const EXHAUST: &str = r#"
+import ctypes, errno, socket
+ctypes.CDLL(None).prctl(15, b"exhaust", 0, 0, 0)
+srv = socket.socket(); srv.bind(("127.0.0.1", 24305)); srv.listen(16)
+failed = 0
+for _ in range(6):
+    c = socket.socket()
+    try:
+        c.connect(("127.0.0.1", 24305))
+    except OSError as e:
+        assert e.errno == errno.EADDRNOTAVAIL, e
+        failed += 1
+        c.close()
+        continue
+    s, _ = srv.accept()
+    c.close(); s.recv(1); s.close()
+open("failed.txt", "w").write(str(failed))
+"#;
+    let (run, snap) = top_once(
+        "sysctl -qw net.ipv4.ip_local_port_range=\"40000 40001\"\n{top}\n(cd \"$D\" && python3 exhaust.py)\n",
+        10,
+        &[("exhaust.py", EXHAUST)],
+    )?;
+    let failed: u64 = run
+        .file("failed.txt")
+        .trim()
+        .parse()
+        .context("failed.txt")?;
+    ensure!(failed > 0, "the range did not run out");
+    let row = top_row(&snap, "exhaust")?;
+    ensure!(
+        row["connects"] == 6 && row["connect_failures"] == failed,
+        "6 connects, {failed} failed: {row}"
     );
     Ok(())
 }

@@ -23,7 +23,7 @@ pub struct Totals {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DestTotal {
     pub connects: u64,
-    pub syn_sent: u64,
+    pub established: u64,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
 }
@@ -33,7 +33,8 @@ pub struct DestTotal {
 #[derive(Debug, Default)]
 pub struct Tally {
     /// No connect hook is attached: a connect is the state tracepoint's
-    /// CLOSE -> SYN_SENT (TCP only, and only once it has a port).
+    /// SYN_SENT -> ESTABLISHED (TCP only; failures cross the ring), as the
+    /// full trace infers it.
     from_state: bool,
     slots: Vec<u64>,
     dests: HashMap<DestKey, u64>,
@@ -49,7 +50,7 @@ impl Tally {
 
     fn connects(&self, t: &DestTotal) -> u64 {
         if self.from_state {
-            t.syn_sent
+            t.established
         } else {
             t.connects
         }
@@ -143,12 +144,12 @@ mod tests {
         }
     }
 
-    fn total(connects: u64, syn_sent: u64) -> DestTotal {
+    fn total(connects: u64, established: u64) -> DestTotal {
         let mut comm = [0u8; 16];
         comm[..6].copy_from_slice(b"client");
         DestTotal {
             connects,
-            syn_sent,
+            established,
             cgroup_id: 7,
             comm,
         }
@@ -206,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn without_a_connect_hook_connects_are_the_syn_sent_transitions() {
+    fn without_a_connect_hook_connects_are_the_established_transitions() {
         let mut tally = Tally::new(true);
         let t = Totals {
             slots: slots(&[], 0, 0),

@@ -299,7 +299,7 @@ impl LinuxCollector {
             let mut t = counts::DestTotal::default();
             for c in per_cpu.iter() {
                 t.connects += c.connects;
-                t.syn_sent += c.syn_sent;
+                t.established += c.established;
                 if c.comm[0] != 0 {
                     t.comm = c.comm;
                     t.cgroup_id = c.cgroup_id;
