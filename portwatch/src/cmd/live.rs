@@ -204,11 +204,12 @@ impl Live {
         counted
     }
 
-    /// Ticks `view` to now, adds the kernel's counts and counts the tables
-    /// of the namespaces it shows. Returns the counts.
+    /// Adds the kernel's counts to `view`, ticks it to now and counts the
+    /// tables of the namespaces it shows. Returns the kernel's counts.
     pub fn refresh_view(&mut self, view: &mut ViewState) -> Counted {
-        view.tick(now_ns());
+        // Counts first, so that the tick's rate samples include them.
         let counted = self.counted(view);
+        view.tick(now_ns());
         for ns in view.namespaces() {
             match self.census.table(ns) {
                 Ok(table) => view.apply_table(&table, false),
