@@ -5,7 +5,7 @@
 //! Everything runs in a private network namespace (wide ephemeral range,
 //! tcp_tw_reuse) so the churn never exhausts ports and sock_diag sees only
 //! the benchmark's sockets. Throughput samples are taken in interleaved
-//! rounds (none, trace, aggregate, bpftrace, none, ...) and compared per
+//! rounds (none, trace, aggregate, serve, bpftrace, none, ...) and compared per
 //! round, so a machine whose load drifts skews every variant alike.
 //!
 //! `--pipeline` measures portwatch's userspace path alone (pwpipe: no
@@ -54,6 +54,9 @@ enum Mode {
     None,
     Trace,
     Aggregate,
+    /// The exporter (`serve`, aggregate mode in the kernel), scraped once at
+    /// the end.
+    Serve,
     Bpftrace,
 }
 
@@ -63,6 +66,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Trace => "trace --json",
             Mode::Aggregate => "aggregate",
+            Mode::Serve => "serve",
             Mode::Bpftrace => "bpftrace",
         }
     }
@@ -254,7 +258,7 @@ pub fn bench(ctx: &Ctx, args: BenchArgs) -> Result<()> {
 fn run(env: &Env) -> Result<()> {
     let a = &env.args;
     let started = Instant::now();
-    let mut modes = vec![Mode::None, Mode::Trace, Mode::Aggregate];
+    let mut modes = vec![Mode::None, Mode::Trace, Mode::Aggregate, Mode::Serve];
     if env.bpftrace.is_some() {
         modes.push(Mode::Bpftrace);
     }
@@ -326,7 +330,14 @@ fn run(env: &Env) -> Result<()> {
     })?;
 
     // In-kernel cost per program from BPF run-time statistics.
-    let kernel = kernel::kernel_costs(env, &modes)?;
+    let kernel = kernel::kernel_costs(
+        env,
+        &modes
+            .iter()
+            .copied()
+            .filter(|m| *m != Mode::Serve)
+            .collect::<Vec<_>>(),
+    )?;
 
     // The userspace path alone, on the same machine.
     let userspace = pipeline::run(&env.pwpipe, 3)?;

@@ -168,7 +168,7 @@ pub fn report(a: &BenchArgs, modes: &[Mode], closers: &[Closer], r: &Results) ->
         out,
         " tracer CPU: user+system / wall; peak RSS: the highest VmHWM of any round)"
     );
-    for mode in [Mode::Trace, Mode::Aggregate] {
+    for mode in [Mode::Trace, Mode::Aggregate, Mode::Serve] {
         let (mut ring, mut rec, mut inf) = (0, 0, 0);
         for s in closers
             .iter()
@@ -241,9 +241,10 @@ pub fn report(a: &BenchArgs, modes: &[Mode], closers: &[Closer], r: &Results) ->
     out.push('\n');
     let _ = writeln!(
         out,
-        "portwatch overhead: trace {}, aggregate {}, bpftrace {}, syscall tax {}",
+        "portwatch overhead: trace {}, aggregate {}, serve {}, bpftrace {}, syscall tax {}",
         overall(Mode::Trace),
         overall(Mode::Aggregate),
+        overall(Mode::Serve),
         overall(Mode::Bpftrace),
         pct(tax_pct)
     );
@@ -400,7 +401,7 @@ mod tests {
         assert!(text.contains("trace --json losses by reason, all rounds: ring buffer 24"));
         assert_eq!(
             text.lines().last(),
-            Some("portwatch overhead: trace 6.1% (lost 24 of 3.6M events, 0.0%), aggregate 1.2% (lost 0), bpftrace 71.9% (lost 740k of 2.7M events, 27.0%), syscall tax 0.5%")
+            Some("portwatch overhead: trace 6.1% (lost 24 of 3.6M events, 0.0%), aggregate 1.2% (lost 0), serve n/a, bpftrace 71.9% (lost 740k of 2.7M events, 27.0%), syscall tax 0.5%")
         );
     }
 }

@@ -49,6 +49,13 @@ impl Tracer {
                 c.args(["trace", "--summary-only", "--json"]);
                 c
             }
+            Mode::Serve => {
+                // In the host's namespace, so that the scrape can reach it;
+                // it watches every namespace, the benchmark's too.
+                let mut c = Command::new(&env.portwatch);
+                c.args(["serve", "--listen", SERVE_ADDR, "--interval", "1"]);
+                c
+            }
             Mode::Bpftrace => {
                 let mut c = Command::new(env.bpftrace.as_ref().context("bpftrace")?);
                 c.arg(env.dir.join("events.bt"));
@@ -123,6 +130,8 @@ impl Tracer {
 
     /// SIGTERM, wait for the summary, and read what the tracer reported.
     pub fn stop(mut self) -> Result<Report> {
+        // The exporter says it in its metrics, scraped before it stops.
+        let scraped = (self.mode == Mode::Serve).then(|| scrape(SERVE_ADDR));
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -164,9 +173,58 @@ impl Tracer {
                     ..Report::default()
                 })
             }
+            Mode::Serve => {
+                let text = scraped.context("no scrape")??;
+                exposition(&text).with_context(|| {
+                    format!("no portwatch_events_total in the scrape: {}", err.trim())
+                })
+            }
             Mode::None => Ok(Report::default()),
         }
     }
+}
+
+/// Where the benchmark's `portwatch serve` listens.
+const SERVE_ADDR: &str = "127.0.0.1:19469";
+
+/// GET /metrics, the body.
+fn scrape(addr: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("cannot reach portwatch serve on {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let (head, body) = reply.split_once("\r\n\r\n").context("no HTTP reply")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!(
+            "scraping portwatch serve: {}",
+            head.lines().next().unwrap_or("")
+        );
+    }
+    Ok(body.to_owned())
+}
+
+/// Events and losses by reason from the exporter's counters.
+fn exposition(text: &str) -> Option<Report> {
+    let value = |prefix: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let reason = |r: &str| value(&format!("portwatch_lost_events_total{{reason=\"{r}\"}}"));
+    let by = (
+        reason("ring_buffer")?,
+        reason("recursion")?,
+        reason("inferred")? + reason("overflow").unwrap_or(0),
+    );
+    Some(Report {
+        events: value("portwatch_events_total "),
+        lost: Some(by.0 + by.1 + by.2),
+        lost_by_reason: Some(by),
+        ring_events: None,
+    })
 }
 
 /// bpftrace reports perf-buffer overflow as "Lost N events".
@@ -223,6 +281,19 @@ pub fn summary(line: &str) -> Option<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_events_and_losses_from_the_exporter() {
+        let text = "# TYPE portwatch_events counter\nportwatch_events_total 1200\n\
+            portwatch_lost_events_total{reason=\"ring_buffer\"} 3\n\
+            portwatch_lost_events_total{reason=\"recursion\"} 2\n\
+            portwatch_lost_events_total{reason=\"inferred\"} 0\n\
+            portwatch_lost_events_total{reason=\"overflow\"} 1\n";
+        let r = exposition(text).expect("report");
+        assert_eq!(r.events, Some(1200));
+        assert_eq!(r.lost, Some(6));
+        assert_eq!(r.lost_by_reason, Some((3, 2, 1)));
+    }
 
     #[test]
     fn reads_the_summary_both_modes_end_with() {
