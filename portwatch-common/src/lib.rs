@@ -107,7 +107,14 @@ pub mod counts {
     /// Connects that found `DEST_COUNTS` full: counted nowhere per
     /// destination, so reported as lost (overflow).
     pub const DEST_FULL: u32 = 257;
-    pub const SLOTS: u32 = 258;
+    /// Broken chains of states: a transition that does not start where the
+    /// socket's remembered last state ended, or a birth at an address whose
+    /// previous socket's CLOSE never came. At least one transition each
+    /// went missing (a program the kernel skipped, say), so userspace, which
+    /// sees too few transitions to follow chains here, reports them as lost
+    /// (inferred).
+    pub const GAPS: u32 = 258;
+    pub const SLOTS: u32 = 259;
 }
 
 /// Key of `DEST_COUNTS`: one process's connects to one destination, in one

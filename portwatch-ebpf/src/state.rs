@@ -5,12 +5,12 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use portwatch_common::{
-    flags, kind, side, tcp_state as st, ListenKey, Listener, Owner, IPPROTO_TCP,
+    counts, flags, kind, side, tcp_state as st, ListenKey, Listener, Owner, IPPROTO_TCP,
 };
 
 use crate::common::{
-    aggregating, count_connect, count_event, count_transition, current_owner, offsets, sock_netns,
-    submit, tp_field, wanted, LISTENERS, OWNERS, PENDING_CONNECT,
+    aggregating, count_connect, count_event, count_slot, count_transition, current_owner, offsets,
+    sock_netns, submit, tp_field, wanted, LISTENERS, OWNERS, PENDING_CONNECT,
 };
 use crate::timewait::TW_PENDING;
 
@@ -198,6 +198,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let netns = sock_netns(skaddr, &offsets());
 
     let mut ev_flags = 0u8;
+    // The socket's chain of states broke (see `counts::GAPS`).
+    let mut gap = false;
     let mut owner: Owner = if in_process_context(old, new) {
         let mut owner = current_owner();
         owner.state = new;
@@ -210,7 +212,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         };
         // close() usually runs in the thread that connected or accepted: an
         // identical entry only needs its state moved on.
-        match OWNERS.get_ptr_mut(&skaddr) {
+        let prev = OWNERS.get_ptr_mut(&skaddr);
+        if let Some(o) = prev {
+            // A birth where a socket is still remembered: its CLOSE is missing.
+            gap = old == st::CLOSE || unsafe { (*o).state } != old;
+        }
+        match prev {
             Some(o) if same_owner(unsafe { &*o }, &owner) => unsafe { (*o).state = new },
             _ => {
                 let _ = OWNERS.insert(&skaddr, &owner, 0);
@@ -252,7 +259,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         owner
     } else if old == st::LISTEN && new == st::SYN_RECV {
         // A new child socket, cloned from its listener in softirq: it takes
-        // the listener's owner, whatever an older socket at this address left.
+        // the listener's owner, whatever an older socket at this address left
+        // (whose CLOSE is then missing).
+        gap = unsafe { OWNERS.get(&skaddr) }.is_some();
         let mut key = listen_key(netns, family, sport, saddr);
         match listener_of(&mut key, &mut ev_flags) {
             Some(mut o) => {
@@ -272,12 +281,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         match OWNERS.get_ptr_mut(&skaddr) {
             Some(o) if can_follow(unsafe { (*o).state }, old) => {
+                gap = unsafe { (*o).state } != old;
                 unsafe { (*o).state = new };
                 ev_flags |= flags::OWNER_REMEMBERED;
                 unsafe { *o }
             }
             Some(_) => {
                 let _ = OWNERS.remove(&skaddr);
+                gap = true;
                 ev_flags |= flags::STALE_OWNER;
                 Owner::zeroed()
             }
@@ -299,6 +310,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     if send && aggregating() {
         count_event(&owner);
         count_transition(old, new);
+        if gap {
+            count_slot(counts::GAPS);
+        }
         // A client's connect succeeded (its owner remembered from connect()).
         if old == st::SYN_SENT && new == st::ESTABLISHED {
             count_connect(netns, &owner, family, daddr, dport, false);

@@ -154,7 +154,9 @@ impl LostReason {
             LostReason::RingBuffer => "ring buffer full",
             LostReason::Recursion => "kernel skipped the program (recursion)",
             LostReason::Inferred => "inferred from a broken chain of states",
-            LostReason::Overflow => "portwatch's table of pending closes was full",
+            LostReason::Overflow => {
+                "a table of portwatch's was full (pending closes; connects per destination)"
+            }
         }
     }
 }
@@ -494,6 +496,9 @@ pub struct Counted {
     /// Connects the kernel could not count per destination: its table was
     /// full. Lost, reason overflow.
     pub uncounted: u64,
+    /// Broken chains of states the kernel found: lost, reason inferred (at
+    /// least one transition each).
+    pub gaps: u64,
 }
 
 /// One process's connects to one destination.

@@ -193,6 +193,22 @@ async fn live(args: TraceArgs) -> anyhow::Result<()> {
         .context("the ring-buffer reader panicked")?
         .context("reading the ring buffer")?;
     if cfg.aggregate {
+        // Chains the kernel found broken: userspace sees too few
+        // transitions in this mode to follow them itself.
+        let gaps = counts
+            .totals
+            .slots
+            .get(portwatch_common::counts::GAPS as usize);
+        if let (Some(&count), true) = (gaps, open) {
+            if count > 0 {
+                let lost = SourceMsg::Lost {
+                    time: ended,
+                    count,
+                    reason: LostReason::Inferred,
+                };
+                open = quiet_on_broken_pipe(pipeline.handle(lost))?;
+            }
+        }
         pipeline.set_kernel_counts(counts.procs);
     }
     pipeline.set_ring_events(ring_events.load(std::sync::atomic::Ordering::Relaxed));

@@ -147,6 +147,7 @@ impl ViewState {
     pub fn add_counted(&mut self, c: &Counted) {
         self.events += c.events;
         self.lost.add(Some(LostReason::Overflow), c.uncounted);
+        self.lost.add(Some(LostReason::Inferred), c.gaps);
         let now = self.now;
         for cc in &c.connects {
             let id = self.proc_id_of(cc.pid, cc.comm.as_ref(), || cc.workload.clone(), now);

@@ -262,7 +262,8 @@ fn idle_processes_and_destinations_are_forgotten() {
 
 /// Aggregate mode: a process's connects are the kernel's count plus the
 /// failures that crossed the ring; the destination they went to is shown;
-/// connects the kernel could not count per destination are lost, overflow.
+/// connects the kernel could not count per destination are lost, overflow;
+/// chains it found broken, inferred.
 #[test]
 fn kernel_counts_give_connects_destinations_and_events() {
     let mut v = ViewState::new(0);
@@ -282,11 +283,15 @@ fn kernel_counts_give_connects_destinations_and_events() {
             n: 4,
         }],
         uncounted: 2,
+        gaps: 3,
     });
     let s = v.snapshot(&Default::default());
     let p = proc_row(&s, 7);
     assert_eq!((p.connects, p.connect_failures), (5, 1));
     assert_eq!(s.events, 10, "the failure is among the kernel's events");
-    assert_eq!(s.lost_by_reason.overflow, 2);
+    assert_eq!(
+        (s.lost_by_reason.overflow, s.lost_by_reason.inferred),
+        (2, 3)
+    );
     assert_eq!(v.namespaces(), vec![NS], "the destination is followed");
 }

@@ -230,6 +230,7 @@ fn kernel_counts_are_added_once_and_sent_events_are_not_counted_again() {
             n,
         }],
         uncounted: 0,
+        gaps: 0,
     };
     m.add_counted(&counted(30, 12), 3);
     m.add_counted(&counted(5, 2), 4);

@@ -80,6 +80,7 @@ impl Tally {
         }
         out.events += grown(counts::CALLS);
         out.uncounted = grown(counts::DEST_FULL);
+        out.gaps = grown(counts::GAPS);
         for (key, t) in &totals.dests {
             let now = self.connects(t);
             let before = self.dests.insert(*key, now).unwrap_or(0);
@@ -155,13 +156,14 @@ mod tests {
         }
     }
 
-    fn slots(pairs: &[(u8, u8, u64)], calls: u64, full: u64) -> Vec<u64> {
+    fn slots(pairs: &[(u8, u8, u64)], calls: u64, full: u64, gaps: u64) -> Vec<u64> {
         let mut v = vec![0; counts::SLOTS as usize];
         for (o, n, c) in pairs {
             v[usize::from(*o) << 4 | usize::from(*n)] = *c;
         }
         v[counts::CALLS as usize] = calls;
         v[counts::DEST_FULL as usize] = full;
+        v[counts::GAPS as usize] = gaps;
         v
     }
 
@@ -169,7 +171,7 @@ mod tests {
     fn each_read_gives_what_grew_since_the_last() {
         let mut tally = Tally::new(false);
         let first = Totals {
-            slots: slots(&[(st::CLOSE, st::SYN_SENT, 3)], 3, 0),
+            slots: slots(&[(st::CLOSE, st::SYN_SENT, 3)], 3, 0, 1),
             dests: vec![(key(10, 80), total(3, 3))],
         };
         let c = tally.delta(&first, |_| Some("/system.slice/web.service".into()));
@@ -192,12 +194,13 @@ mod tests {
                 ],
                 5,
                 2,
+                4,
             ),
             dests: vec![(key(10, 80), total(5, 5)), (key(11, 443), total(0, 0))],
         };
         let c = tally.delta(&second, |_| None);
         assert_eq!(c.events, 2 + 4 + 2);
-        assert_eq!(c.uncounted, 2);
+        assert_eq!((c.uncounted, c.gaps), (2, 3));
         assert_eq!(
             c.connects.iter().map(|c| (c.pid, c.n)).collect::<Vec<_>>(),
             vec![(Some(10), 2)]
@@ -210,7 +213,7 @@ mod tests {
     fn without_a_connect_hook_connects_are_the_established_transitions() {
         let mut tally = Tally::new(true);
         let t = Totals {
-            slots: slots(&[], 0, 0),
+            slots: slots(&[], 0, 0, 0),
             dests: vec![(key(10, 80), total(0, 4))],
         };
         assert_eq!(tally.delta(&t, |_| None).connects[0].n, 4);
@@ -220,14 +223,14 @@ mod tests {
     fn an_exited_process_entry_is_deleted_once_counted_and_may_start_again() {
         let mut tally = Tally::new(false);
         let t = Totals {
-            slots: slots(&[], 0, 0),
+            slots: slots(&[], 0, 0, 0),
             dests: vec![(key(10, 80), total(5, 5)), (key(12, 80), total(1, 1))],
         };
         tally.delta(&t, |_| None);
         assert_eq!(tally.gone(&t, |pid| pid == 12), vec![key(10, 80)]);
         // The pid again, a new process: its entry starts from 1.
         let t = Totals {
-            slots: slots(&[], 0, 0),
+            slots: slots(&[], 0, 0, 0),
             dests: vec![(key(10, 80), total(1, 1)), (key(12, 80), total(1, 1))],
         };
         let c = tally.delta(&t, |_| None);
