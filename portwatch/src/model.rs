@@ -512,3 +512,50 @@ pub struct CountedConnects {
     pub dport: u16,
     pub n: u64,
 }
+
+/// A socket's protocol, state and two ends, as `who` reports them on every
+/// platform, with the trace schema's field names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SocketEnds {
+    pub protocol: Protocol,
+    pub family: Family,
+    /// TCP state name; for UDP `UNCONN` or `ESTABLISHED`, as ss prints them.
+    pub state: String,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+impl SocketEnds {
+    /// Listeners first, then by protocol, state and address, as an
+    /// operator reads them.
+    pub fn reading_order(&self) -> impl Ord + '_ {
+        (
+            self.state != "LISTEN",
+            self.protocol.name(),
+            self.state.as_str(),
+            self.saddr,
+            self.sport,
+            self.daddr,
+            self.dport,
+        )
+    }
+
+    /// `addr:port`, `[v6]:port`: the local and the remote end.
+    pub fn local(&self) -> String {
+        endpoint(self.saddr, self.sport)
+    }
+
+    pub fn remote(&self) -> String {
+        endpoint(self.daddr, self.dport)
+    }
+}
+
+/// `addr:port`, or `[addr]:port` for IPv6.
+pub fn endpoint(a: IpAddr, p: u16) -> String {
+    match a {
+        IpAddr::V6(a) => format!("[{a}]:{p}"),
+        IpAddr::V4(a) => format!("{a}:{p}"),
+    }
+}

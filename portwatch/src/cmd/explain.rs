@@ -21,9 +21,7 @@ use crate::cli::ExplainArgs;
 use crate::cmd::doctor::{self, Finding};
 use crate::escape::visible;
 #[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
-use crate::explain::checks::{
-    add_machine, add_windows_checks, conditions, endpoint, ip_of, Holder, Machine,
-};
+use crate::explain::checks::{add_machine, add_windows_checks, conditions, ip_of, Holder, Machine};
 #[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 use crate::explain::{self, Condition, Explanation, Platform};
 use crate::output::one_line;
@@ -60,15 +58,14 @@ pub fn read_input(
 
 #[cfg(target_os = "linux")]
 fn holders_of(r: crate::cmd::who::WhoReport) -> (Vec<Holder>, Option<String>) {
-    let ep = |a: IpAddr, p: u16| endpoint(a, p);
     let holders = r
         .sockets
         .into_iter()
         .map(|s| Holder {
-            protocol: s.protocol.name(),
-            local: ep(s.saddr, s.sport),
-            remote: ep(s.daddr, s.dport),
-            state: s.state,
+            protocol: s.ends.protocol.name(),
+            local: s.ends.local(),
+            remote: s.ends.remote(),
+            state: s.ends.state,
             pid: s.pid,
             comm: s.comm,
             unit: s.unit.map(Into::into),

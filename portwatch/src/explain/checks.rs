@@ -60,12 +60,7 @@ pub fn ip_of(x: &Explanation) -> Option<IpAddr> {
     a.split('%').next()?.parse().ok()
 }
 
-pub fn endpoint(a: IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V6(v6) => format!("[{v6}]:{p}"),
-        IpAddr::V4(v4) => format!("{v4}:{p}"),
-    }
-}
+pub use crate::model::endpoint;
 
 /// One line per socket, saying what it is to the port: a listener, a
 /// client's ephemeral port, an accepted connection; TIME_WAIT remnants,

@@ -4,26 +4,20 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::net::IpAddr;
 
 use serde::Serialize;
 
 use super::printable;
 use super::tables::Row;
-use crate::model::{Family, Protocol};
+use crate::model::SocketEnds;
 
 /// pid 0 (System Idle) owns TIME_WAIT entries; pid 4 (System) is the kernel.
 pub const SYSTEM_PID: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SocketView {
-    pub protocol: Protocol,
-    pub family: Family,
-    pub state: String,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
+    #[serde(flatten)]
+    pub ends: SocketEnds,
     pub pid: Option<u32>,
     /// The process's image name, e.g. `sqlservr.exe`.
     pub comm: Option<String>,
@@ -74,13 +68,15 @@ pub fn report(port: u16, rows: Vec<Row>, owners: &Owners) -> WhoReport {
                 unnamed += 1;
             }
             SocketView {
-                protocol: r.protocol,
-                family: r.family,
-                state: r.state,
-                saddr: r.local,
-                sport: r.lport,
-                daddr: r.remote,
-                dport: r.rport,
+                ends: SocketEnds {
+                    protocol: r.protocol,
+                    family: r.family,
+                    state: r.state,
+                    saddr: r.local,
+                    sport: r.lport,
+                    daddr: r.remote,
+                    dport: r.rport,
+                },
                 services: pid
                     .and_then(|p| owners.services.get(&p).cloned())
                     .unwrap_or_default(),
@@ -90,24 +86,7 @@ pub fn report(port: u16, rows: Vec<Row>, owners: &Owners) -> WhoReport {
             }
         })
         .collect();
-    sockets.sort_by(|a, b| {
-        (
-            a.state != "LISTEN",
-            a.protocol.name(),
-            &a.state,
-            a.saddr,
-            a.daddr,
-            a.dport,
-        )
-            .cmp(&(
-                b.state != "LISTEN",
-                b.protocol.name(),
-                &b.state,
-                b.saddr,
-                b.daddr,
-                b.dport,
-            ))
-    });
+    sockets.sort_by(|a, b| a.ends.reading_order().cmp(&b.ends.reading_order()));
     WhoReport {
         port,
         sockets,
@@ -120,13 +99,6 @@ pub fn report(port: u16, rows: Vec<Row>, owners: &Owners) -> WhoReport {
                     .map_or(String::new(), |e| format!(" ({})", printable(e)))
             )
         }),
-    }
-}
-
-fn endpoint(a: IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V4(a) => format!("{a}:{p}"),
-        IpAddr::V6(a) => format!("[{a}]:{p}"),
     }
 }
 
@@ -148,10 +120,10 @@ pub fn write_text(w: &mut impl Write, r: &WhoReport) -> io::Result<()> {
             writeln!(
                 w,
                 "{:<5} {:<11} {:<28} {:<28} {:>7} {:<20} {}",
-                s.protocol.name(),
-                s.state,
-                endpoint(s.saddr, s.sport),
-                endpoint(s.daddr, s.dport),
+                s.ends.protocol.name(),
+                s.ends.state,
+                s.ends.local(),
+                s.ends.remote(),
                 s.pid.map_or("-".to_owned(), |p| p.to_string()),
                 printable(s.comm.as_deref().unwrap_or("-")),
                 printable(&note),
@@ -198,7 +170,7 @@ mod tests {
     #[test]
     fn local_port_only_listeners_first_time_wait_explained() {
         let r = report(1433, rows(), &owners());
-        let states: Vec<&str> = r.sockets.iter().map(|s| s.state.as_str()).collect();
+        let states: Vec<&str> = r.sockets.iter().map(|s| s.ends.state.as_str()).collect();
         assert_eq!(states, vec!["LISTEN", "TIME_WAIT", "UNCONN"]);
         assert_eq!(r.sockets[0].comm.as_deref(), Some("sqlservr.exe"));
         assert_eq!(r.sockets[0].services, vec!["MSSQLSERVER"]);

@@ -246,12 +246,7 @@ fn is_v4_mapped_loopback(a: IpAddr) -> bool {
     }
 }
 
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
+use crate::model::endpoint;
 
 /// The exact commands that reserve `port`, merged with what is reserved.
 pub fn reserve_fix(port: u16, reserved: Option<&PortSet>) -> String {

@@ -1,7 +1,6 @@
 //! Doctor's report: text for a terminal, JSON for scripts.
 
 use std::io::{self, Write};
-use std::net::IpAddr;
 
 use nu_ansi_term::{Color, Style};
 use serde_json::{json, Value};
@@ -18,12 +17,7 @@ pub fn severity_style(s: Severity) -> Style {
     }
 }
 
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
+use crate::model::endpoint;
 
 pub fn capabilities_json(c: &KernelCaps) -> Value {
     let (probed, reason, events, mechanisms, program_types, would_attach) = match &c.hooks {

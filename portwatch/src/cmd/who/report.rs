@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::aggregate::PortRange;
 use crate::attribution::ProcessLookup;
 pub use crate::filter::{parse_state, Remote};
-use crate::model::{Family, Protocol, TcpState};
+use crate::model::{Family, Protocol, SocketEnds, TcpState};
 use crate::procfd;
 use crate::sockdiag::{Proto, SocketEntry};
 use crate::sysctl::PortSet;
@@ -43,14 +43,8 @@ pub struct Sharer {
 /// One socket, with the trace schema's field names.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SocketView {
-    pub protocol: Protocol,
-    pub family: Family,
-    /// TCP state name; for UDP `UNCONN` or `ESTABLISHED`, as ss prints them.
-    pub state: String,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
+    #[serde(flatten)]
+    pub ends: SocketEnds,
     pub inode: u64,
     /// The socket's owner as the kernel reports it; for a TIME_WAIT socket
     /// (which keeps no owner) the creator's, when the journal knows it.
@@ -131,10 +125,10 @@ pub fn add_creators(report: &mut WhoReport, records: &[crate::journal::Record], 
             let e = &r.event;
             r.boot_id == boot_id
                 && e.pid.is_some()
-                && e.saddr == Some(s.saddr)
-                && e.sport == Some(s.sport)
-                && e.daddr == Some(s.daddr)
-                && e.dport == Some(s.dport)
+                && e.saddr == Some(s.ends.saddr)
+                && e.sport == Some(s.ends.sport)
+                && e.daddr == Some(s.ends.daddr)
+                && e.dport == Some(s.ends.dport)
         });
         if let Some(r) = found {
             if s.uid.is_none() {
@@ -246,19 +240,21 @@ pub fn report(
                 })
                 .collect();
             SocketView {
-                protocol: match e.proto {
-                    Proto::Tcp => Protocol::Tcp,
-                    Proto::Udp => Protocol::Udp,
+                ends: SocketEnds {
+                    protocol: match e.proto {
+                        Proto::Tcp => Protocol::Tcp,
+                        Proto::Udp => Protocol::Udp,
+                    },
+                    family: match e.saddr {
+                        IpAddr::V4(_) => Family::Ipv4,
+                        IpAddr::V6(_) => Family::Ipv6,
+                    },
+                    state,
+                    saddr: e.saddr,
+                    sport: e.sport,
+                    daddr: e.daddr,
+                    dport: e.dport,
                 },
-                family: match e.saddr {
-                    IpAddr::V4(_) => Family::Ipv4,
-                    IpAddr::V6(_) => Family::Ipv6,
-                },
-                state,
-                saddr: e.saddr,
-                sport: e.sport,
-                daddr: e.daddr,
-                dport: e.dport,
                 inode: e.inode,
                 uid,
                 user: uid.and_then(|u| user_name(u, &mut users)),
@@ -276,27 +272,7 @@ pub fn report(
             }
         })
         .collect();
-    // Listeners first, then by state and address, as an operator reads them.
-    sockets.sort_by(|a, b| {
-        (
-            a.state != "LISTEN",
-            a.protocol.name(),
-            &a.state,
-            a.saddr,
-            a.sport,
-            a.daddr,
-            a.dport,
-        )
-            .cmp(&(
-                b.state != "LISTEN",
-                b.protocol.name(),
-                &b.state,
-                b.saddr,
-                b.sport,
-                b.daddr,
-                b.dport,
-            ))
-    });
+    sockets.sort_by(|a, b| a.ends.reading_order().cmp(&b.ends.reading_order()));
     WhoReport {
         port,
         sockets,
@@ -331,8 +307,14 @@ pub fn counts(sockets: &[SocketView]) -> Vec<Count> {
             (None, Some(c)) => (c.pid, c.comm.clone()),
             (None, None) => (None, None),
         };
-        *by.entry((s.protocol, s.state.clone(), pid, comm, s.user.clone()))
-            .or_default() += 1;
+        *by.entry((
+            s.ends.protocol,
+            s.ends.state.clone(),
+            pid,
+            comm,
+            s.user.clone(),
+        ))
+        .or_default() += 1;
     }
     let mut out: Vec<Count> = by
         .into_iter()
@@ -358,7 +340,7 @@ pub fn towards(
 ) -> Towards {
     let mut by_state = BTreeMap::new();
     for s in sockets {
-        *by_state.entry(s.state.clone()).or_default() += 1;
+        *by_state.entry(s.ends.state.clone()).or_default() += 1;
     }
     Towards {
         daddr,

@@ -79,16 +79,20 @@ fn sample() -> WhoReport {
 #[test]
 fn owners_units_and_ownerless_sockets_are_explained() {
     let r = sample();
-    assert_eq!(r.sockets[0].state, "LISTEN", "listeners first");
+    assert_eq!(r.sockets[0].ends.state, "LISTEN", "listeners first");
     assert_eq!(r.sockets[0].pid, Some(900));
     assert_eq!(r.sockets[0].unit.as_deref(), Some("mssql-server.service"));
     let tw = r
         .sockets
         .iter()
-        .find(|s| s.state == "TIME_WAIT")
+        .find(|s| s.ends.state == "TIME_WAIT")
         .expect("tw");
     assert!(tw.no_owner.as_deref().is_some_and(|w| w.contains("kernel")));
-    let udp = r.sockets.iter().find(|s| s.state == "UNCONN").expect("udp");
+    let udp = r
+        .sockets
+        .iter()
+        .find(|s| s.ends.state == "UNCONN")
+        .expect("udp");
     assert_eq!(udp.pid, None);
     assert_eq!(
         r.missing.as_deref(),
@@ -133,7 +137,7 @@ fn a_time_wait_socket_has_its_creators_user_not_root() {
     let tw = r
         .sockets
         .iter()
-        .find(|s| s.state == "TIME_WAIT")
+        .find(|s| s.ends.state == "TIME_WAIT")
         .expect("tw");
     assert_eq!(
         tw.uid, None,
@@ -153,7 +157,7 @@ fn a_time_wait_socket_has_its_creators_user_not_root() {
     let tw = r
         .sockets
         .iter()
-        .find(|s| s.state == "TIME_WAIT")
+        .find(|s| s.ends.state == "TIME_WAIT")
         .expect("tw");
     assert_eq!(tw.uid, Some(65534));
     assert_eq!(tw.user.as_deref(), Some("nobody"));

@@ -3,19 +3,12 @@
 //! process chose (its name, command line, cgroup) is escaped.
 
 use std::io::{self, Write};
-use std::net::IpAddr;
 
 use super::report::{Count, SocketView, Towards, WhoReport};
 use crate::escape::visible;
+use crate::model::endpoint;
 use crate::output::one_line;
 use crate::term::cut;
-
-fn endpoint(a: IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V6(a) => format!("[{a}]:{p}"),
-        IpAddr::V4(a) => format!("{a}:{p}"),
-    }
-}
 
 /// The last column: unit and command line, or why there is no owner.
 fn who_column(s: &SocketView) -> String {
@@ -88,10 +81,10 @@ fn socket_rows(sockets: &[SocketView]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for s in sockets {
         rows.push(vec![
-            s.protocol.name().to_owned(),
-            s.state.clone(),
-            endpoint(s.saddr, s.sport),
-            endpoint(s.daddr, s.dport),
+            s.ends.protocol.name().to_owned(),
+            s.ends.state.clone(),
+            s.ends.local(),
+            s.ends.remote(),
             s.pid.map_or("-".to_owned(), |p| p.to_string()),
             s.comm
                 .as_deref()
