@@ -288,6 +288,11 @@ impl<S: SocketProbe, P: ProcessLookup> Attributor<S, P> {
         }
     }
 
+    /// The path of a cgroup id, from the same index events are named with.
+    pub fn cgroup_path(&mut self, id: u64) -> Option<SmolStr> {
+        self.processes.cgroup_path(id)
+    }
+
     /// The kernel sends only the rare transitions (aggregate mode): chains
     /// are not followed for gaps, and owners are the kernel's.
     pub fn sparse(mut self, on: bool) -> Self {

@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::attribution::Attributor;
-use crate::attribution::ProcessLookup as _;
 use crate::model::{Counted, Event, EventKind};
 use crate::source::linux::counts::{Tally, Totals};
 use crate::source::linux::{Batch, CollectorConfig, LinuxCollector, CHANNEL_BATCHES};
@@ -46,8 +45,6 @@ pub struct Live {
     watched: Option<u64>,
     /// The kernel's counts, as deltas.
     tally: Tally,
-    /// Names the cgroups of counted connects.
-    cgroups: LiveProcesses,
     /// Reads of the counts since exited processes' entries were deleted.
     reads: u32,
     read_failed: bool,
@@ -118,7 +115,6 @@ impl Live {
             described,
             watched: watched.map(u64::from),
             tally: Tally::new(inferred),
-            cgroups: LiveProcesses::new(netns.clone()),
             reads: 0,
             read_failed: false,
         })
@@ -198,8 +194,8 @@ impl Live {
     }
 
     fn take(&mut self, totals: &Totals, view: &mut ViewState) -> Counted {
-        let cgroups = &mut self.cgroups;
-        let counted = self.tally.delta(totals, |id| cgroups.cgroup_path(id));
+        let attributor = &mut self.attributor;
+        let counted = self.tally.delta(totals, |id| attributor.cgroup_path(id));
         view.add_counted(&counted);
         counted
     }
